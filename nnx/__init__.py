@@ -1,0 +1,33 @@
+"""nnx: neural networks written once against the Python Array API standard.
+
+The same code trains on NumPy, CuPy (NVIDIA GPUs), PyTorch and array-api-strict; choose the
+backend with ``NNX_BACKEND``, ``nnx.use_backend(...)`` or a model's ``backend=`` argument.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("nnx-arrays")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.1.0.dev0"
+
+from nnx import activations, datasets, losses, optimizers
+from nnx.backend import Backend, BackendError, backend_info, get_backend, to_numpy, use_backend
+from nnx.callbacks import Callback, EarlyStopping, History
+from nnx.layers import Dense
+from nnx.model import NonFiniteLossError, Sequential
+from nnx.optimizers import SGD, Adam, ExponentialDecay, InverseTimeDecay, StepDecay
+
+__all__ = [
+    "Adam", "Backend", "BackendError", "Callback", "Dense", "EarlyStopping",
+    "ExponentialDecay", "History", "InverseTimeDecay", "NonFiniteLossError", "SGD",
+    "Sequential", "StepDecay", "__version__", "activations", "backend_info", "datasets",
+    "get_backend", "load", "losses", "optimizers", "to_numpy", "use_backend",
+]
+
+
+def load(path, backend=None, device=None):
+    """Read a model written by ``model.save(path)`` onto `backend` (see :func:`nnx.io.load`)."""
+    from nnx.io import load as _load
+
+    return _load(path, backend=backend, device=device)

@@ -1,0 +1,117 @@
+"""Activations: stateless forward/backward pairs, written once against the Array API.
+
+Every ``forward(xp, z)`` returns the activation ``a``; every ``backward(xp, a, grad)`` returns
+the gradient with respect to ``z`` from the cached *output* ``a`` (all of these derivatives can
+be written in terms of the output, so a layer caches one array, not two).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """A named elementwise (or row-wise, for softmax) function with its backward."""
+
+    name: str
+    forward: Callable[[Any, Any], Any]
+    backward: Callable[[Any, Any, Any], Any]
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def identity(xp, z):
+    return z
+
+
+def identity_backward(xp, a, grad):
+    return grad
+
+
+def tanh(xp, z):
+    return xp.tanh(z)
+
+
+def tanh_backward(xp, a, grad):
+    return grad * (1 - a * a)
+
+
+def sigmoid(xp, z):
+    # exp of a non-positive number never overflows, so neither branch warns or produces inf.
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid_backward(xp, a, grad):
+    return grad * (a * (1 - a))
+
+
+def relu(xp, z):
+    return xp.maximum(z, 0)
+
+
+def relu_backward(xp, a, grad):
+    return xp.where(a > 0, grad, 0)
+
+
+def softmax(xp, z):
+    # Shift by the row maximum so exp never overflows; the result is unchanged.
+    e = xp.exp(z - xp.max(z, axis=1, keepdims=True))
+    return e / xp.sum(e, axis=1, keepdims=True)
+
+
+def log_softmax(xp, z):
+    shifted = z - xp.max(z, axis=1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+
+
+def softmax_backward(xp, a, grad):
+    return a * (grad - xp.sum(grad * a, axis=1, keepdims=True))
+
+
+def leaky_relu(slope: float = 0.01) -> Activation:
+    """Leaky ReLU, ``max(z, slope * z)``, for a slope in (0, 1)."""
+    slope = float(slope)
+    if not 0 < slope < 1:
+        raise ValueError(f"leaky_relu: slope must be in (0, 1); received slope={slope}.")
+
+    def forward(xp, z):
+        return xp.where(z > 0, z, slope * z)
+
+    def backward(xp, a, grad):
+        # With 0 < slope the output has the sign of the input, so the output decides.
+        return xp.where(a > 0, grad, slope * grad)
+
+    return Activation("leaky_relu" if slope == 0.01 else f"leaky_relu({slope})", forward, backward)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "identity": Activation("identity", identity, identity_backward),
+    "tanh": Activation("tanh", tanh, tanh_backward),
+    "sigmoid": Activation("sigmoid", sigmoid, sigmoid_backward),
+    "relu": Activation("relu", relu, relu_backward),
+    "leaky_relu": leaky_relu(0.01),
+    "softmax": Activation("softmax", softmax, softmax_backward),
+}
+_ALIASES = {None: "identity", "linear": "identity", "none": "identity"}
+
+
+def get_activation(activation: str | Activation | None) -> Activation:
+    """Look an activation up by name (or pass an :class:`Activation` through)."""
+    if isinstance(activation, Activation):
+        return activation
+    if activation is not None and not isinstance(activation, str):
+        raise TypeError(
+            f"activation must be a name or nnx.activations.Activation; "
+            f"received {type(activation).__name__}."
+        )
+    key = _ALIASES.get(activation.lower() if activation else None, activation)
+    key = key.lower() if isinstance(key, str) else key
+    if key not in ACTIVATIONS:
+        raise ValueError(
+            f"activation={activation!r} is unknown; choose one of: {', '.join(ACTIVATIONS)}."
+        )
+    return ACTIVATIONS[key]

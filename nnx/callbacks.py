@@ -1,0 +1,125 @@
+"""Training history and the callback hook (early stopping is one callback)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class History:
+    """Per-epoch figures of one ``fit``: ``history["loss"]``, ``history["val_accuracy"]``, ...
+
+    ``loss`` is the objective ``fit`` minimises (mean data loss plus the L2 term), averaged over
+    the epoch's batches; ``val_loss`` is the same objective on the validation data after the
+    epoch. ``accuracy`` is measured on the batches as they were trained.
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+        self.history: dict[str, list[float]] = {}
+        self.stopped_epoch: int | None = None
+        self.best_epoch: int | None = None
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epochs.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.history
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def keys(self):
+        return self.history.keys()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": list(self.epochs), **{k: list(v) for k, v in self.history.items()}}
+
+    def __repr__(self) -> str:
+        last = {k: round(v[-1], 4) for k, v in self.history.items() if v}
+        return f"History({len(self)} epochs, last={last})"
+
+
+class Callback:
+    """Hook into ``fit``. Set ``model.stop_training = True`` to stop after this epoch."""
+
+    def on_train_begin(self, model: Any) -> None:
+        """Called once before the first epoch."""
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
+        """Called after every epoch with that epoch's figures (host floats)."""
+
+    def on_train_end(self, model: Any) -> None:
+        """Called once after the last epoch (also after early stopping)."""
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs.
+
+    Parameters
+    ----------
+    monitor : str
+        A key of the epoch logs; ``val_loss`` by default (``loss`` when there is no
+        validation data). Names ending in ``accuracy`` are maximised, the rest minimised.
+    restore_best_weights : bool
+        At the end of training, put back the weights of the best epoch. Costs no copy: the
+        optimizers never write into arrays a model has handed out.
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 10, min_delta: float = 0.0,
+                 restore_best_weights: bool = True) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be an integer >= 0; received {patience!r}.")
+        if not math.isfinite(min_delta) or min_delta < 0:
+            raise ValueError(f"EarlyStopping: min_delta must be finite and >= 0; received {min_delta!r}.")
+        self.monitor = monitor
+        self.patience = patience
+        self.min_delta = float(min_delta)
+        self.restore_best_weights = restore_best_weights
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.best_params: list[Any] | None = None
+        self.wait = 0
+
+    def __repr__(self) -> str:
+        return f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience})"
+
+    def on_train_begin(self, model: Any) -> None:
+        self.best, self.best_epoch, self.best_params, self.wait = None, None, None, 0
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.monitor.endswith("accuracy"):
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
+        monitor = self.monitor
+        if monitor not in logs:
+            if monitor == "val_loss" and "loss" in logs:
+                monitor = self.monitor = "loss"
+            else:
+                raise ValueError(
+                    f"EarlyStopping: monitor={self.monitor!r} is not among the epoch's figures "
+                    f"{sorted(logs)}; pass validation_data or monitor one of those."
+                )
+        value = logs[monitor]
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            self.best_params = model.get_params()
+        else:
+            self.wait += 1
+            if self.wait > self.patience:
+                model.stop_training = True
+
+    def on_train_end(self, model: Any) -> None:
+        if self.restore_best_weights and self.best_params is not None:
+            model.set_params(self.best_params)
+        if model.history is not None:
+            model.history.best_epoch = self.best_epoch

@@ -1,0 +1,114 @@
+"""Losses with their fused gradients, computed from the output layer's logits where possible.
+
+Each loss is ``fn(xp, out, Y) -> (loss, grad)`` where ``loss`` is a 0-d array on the device (no
+host round trip) and ``grad`` is d(loss)/d(out). ``out`` is the last layer's pre-activation
+(its logits) for the losses fused with their activation, and its activation otherwise. Targets
+``Y`` are already encoded as floats of the model's dtype: one-hot rows for cross-entropy, 0/1
+columns for binary cross-entropy, values for mean squared error. The data loss is the mean over
+samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+
+def softmax_cross_entropy(xp, logits, Y, grad=True):
+    """Cross-entropy of softmax(logits) against one-hot `Y`; gradient ``(p - Y) / n``.
+
+    Parameters
+    ----------
+    logits : array, shape (n_samples, n_classes)
+    Y : array, shape (n_samples, n_classes), one-hot rows
+    """
+    n = logits.shape[0]
+    # log-sum-exp with the row maximum taken out: exp never overflows.
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    e = xp.exp(shifted)
+    s = xp.sum(e, axis=1, keepdims=True)
+    # Rows of Y sum to one, so -sum(Y * log_softmax) = sum(log s) - sum(Y * shifted).
+    loss = (xp.sum(xp.log(s)) - xp.sum(Y * shifted)) / n
+    if not grad:
+        return loss, None
+    return loss, (e / s - Y) / n
+
+
+def binary_cross_entropy(xp, logits, Y, grad=True):
+    """Log-loss of sigmoid(logits) against 0/1 targets `Y`; gradient ``(sigmoid - Y) / n``.
+
+    Parameters
+    ----------
+    logits : array, shape (n_samples, n_outputs)
+    Y : array, shape (n_samples, n_outputs)
+    """
+    n = logits.shape[0]
+    # softplus(z) - y*z written so that exp only ever sees non-positive numbers.
+    e = xp.exp(-xp.abs(logits))
+    loss = xp.sum(xp.maximum(logits, 0) - logits * Y + xp.log1p(e)) / n
+    if not grad:
+        return loss, None
+    p = xp.where(logits >= 0, 1 / (1 + e), e / (1 + e))
+    return loss, (p - Y) / n
+
+
+def mean_squared_error(xp, pred, Y, grad=True):
+    """Mean over all elements of ``(pred - Y)**2``.
+
+    Parameters
+    ----------
+    pred : array, shape (n_samples, n_outputs)
+    Y : array, shape (n_samples, n_outputs)
+    """
+    diff = pred - Y
+    size = diff.shape[0] * diff.shape[1]
+    loss = xp.sum(diff * diff) / size
+    if not grad:
+        return loss, None
+    return loss, diff * (2 / size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A loss, the output activation it is fused with (None: applied after the activation),
+    and whether its targets are class labels."""
+
+    name: str
+    fn: Callable[..., Any]
+    fused_activation: str | None
+    classification: bool
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+LOSSES: dict[str, Loss] = {
+    "cross_entropy": Loss("cross_entropy", softmax_cross_entropy, "softmax", True),
+    "binary_cross_entropy": Loss("binary_cross_entropy", binary_cross_entropy, "sigmoid", True),
+    "mse": Loss("mse", mean_squared_error, None, False),
+}
+_ALIASES = {
+    "categorical_crossentropy": "cross_entropy", "softmax_cross_entropy": "cross_entropy",
+    "log_loss": "binary_cross_entropy", "logloss": "binary_cross_entropy",
+    "bce": "binary_cross_entropy", "mean_squared_error": "mse",
+}
+
+
+def get_loss(loss: str | Loss) -> Loss:
+    if isinstance(loss, Loss):
+        return loss
+    if not isinstance(loss, str):
+        raise TypeError(f"loss must be a name or nnx.losses.Loss; received {type(loss).__name__}.")
+    key = _ALIASES.get(loss.lower(), loss.lower())
+    if key not in LOSSES:
+        raise ValueError(f"loss={loss!r} is unknown; choose one of: {', '.join(LOSSES)}.")
+    return LOSSES[key]
+
+
+def default_loss(output_activation: str) -> Loss:
+    """The loss a final activation implies: softmax -> cross-entropy, sigmoid -> log-loss."""
+    if output_activation == "softmax":
+        return LOSSES["cross_entropy"]
+    if output_activation == "sigmoid":
+        return LOSSES["binary_cross_entropy"]
+    return LOSSES["mse"]
