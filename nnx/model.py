@@ -47,6 +47,11 @@ def _check_count(value: Any, name: str, where: str, allow_none: bool = False) ->
     return int(value)
 
 
+def _row_slices(n: int, step: int) -> list[slice]:
+    """Row ranges of at most `step` rows (in bounds, as array-api-strict requires)."""
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 def _dtype_name(dtype: Any) -> str:
     try:
         name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
@@ -295,15 +300,12 @@ class Sequential:
                 raise ValueError(f"{where}: {name} labels must be in [0, {n_classes}) for "
                                  f"{self.layers[-1]!r}; received min {low:g}, max {high:g}.")
         xp = self.xp
-        values = self.backend.asarray(array)
         if self._task == "multiclass":
-            labels = xp.astype(values, xp.int64) if not xp.isdtype(values.dtype, "integral") \
-                else values
+            labels = self.backend.asarray(array, dtype=xp.int64)
             classes = xp.arange(k, device=self.backend.device)
             Y = xp.astype(xp.reshape(labels, (n, 1)) == classes, self.dtype)
             return Y, labels
-        Y = xp.astype(values, self.dtype)
-        Y = xp.reshape(Y, (n, k))
+        Y = xp.reshape(self.backend.asarray(array, dtype=self.dtype), (n, k))
         return Y, (Y if self._task == "binary" else None)
 
     # -- forward and backward -----------------------------------------------------------------
@@ -530,7 +532,7 @@ class Sequential:
         step = self._chunks(n, batch_size).step
         if n <= step:
             return fn(X)
-        return xp.concat([fn(X[i:i + step]) for i in range(0, n, step)], axis=0)
+        return xp.concat([fn(X[rows, ...]) for rows in _row_slices(n, step)], axis=0)
 
     def _proba(self, logits: Any) -> Any:
         return self.layers[-1].activation.forward(self.xp, logits)
@@ -567,14 +569,14 @@ class Sequential:
         n = Xd.shape[0]
         total, correct = None, None
         step = self._chunks(n, batch_size).step
-        for i in range(0, n, step):
-            part, Yp = Xd[i:i + step], Y[i:i + step]
+        for rows in _row_slices(n, step):
+            part, Yp = Xd[rows, ...], Y[rows, ...]
             out = self._output(part)
             loss, _ = self.loss_fn.fn(self.xp, out, Yp, grad=False)
             loss = loss * part.shape[0]
             total = loss if total is None else total + loss
             if labels is not None:
-                hit = self._correct(out, labels[i:i + step])
+                hit = self._correct(out, labels[rows, ...])
                 correct = hit if correct is None else correct + hit
         return total, correct
 
@@ -644,13 +646,13 @@ class _Trainer:
         model, n, step = self.model, self.X.shape[0], self.batch
         X, Y, labels = self._epoch_data()
         total = correct = None
-        for i in range(0, n, step):
-            loss, out = model.train_step(X[i:i + step], Y[i:i + step])
+        for rows in _row_slices(n, step):
+            loss, out = model.train_step(X[rows, ...], Y[rows, ...])
             if step < n:
                 loss = loss * out.shape[0]
             total = loss if total is None else total + loss
             if labels is not None:
-                hit = model._correct(out, labels[i:i + step])
+                hit = model._correct(out, labels[rows, ...])
                 correct = hit if correct is None else correct + hit
         figures = {"loss": total / n if step < n else total}
         if correct is not None:
@@ -681,24 +683,27 @@ class _Trainer:
         pending: list[tuple[int, dict[str, Any]]] = []
         for cb in self.callbacks:
             cb.on_train_begin(model)
-        try:
-            for e in range(self.epochs):
-                epoch = model.epochs_trained
-                model.optimizer.epoch = epoch
-                starts.append(model.get_params())
-                pending.append((epoch, self._run_epoch()))
-                model.epochs_trained += 1
-                last = e == self.epochs - 1
-                if len(pending) >= self.sync_every or last:
-                    self._flush(pending, starts, (before, before_epoch), last, bar)
-                    before, before_epoch = starts[-1], pending[-1][0]
-                    starts, pending = [], []
-                    if model.stop_training:
-                        history.stopped_epoch = epoch
-                        break
-        finally:
-            if bar is not None:
-                bar.close()
+        # A diverging run is caught below with a clear error: NumPy's own overflow warnings
+        # (numpy and array_api_strict compute with NumPy) would only repeat it, once per op.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            try:
+                for e in range(self.epochs):
+                    epoch = model.epochs_trained
+                    model.optimizer.epoch = epoch
+                    starts.append(model.get_params())
+                    pending.append((epoch, self._run_epoch()))
+                    model.epochs_trained += 1
+                    last = e == self.epochs - 1
+                    if len(pending) >= self.sync_every or last:
+                        self._flush(pending, starts, (before, before_epoch), last, bar)
+                        before, before_epoch = starts[-1], pending[-1][0]
+                        starts, pending = [], []
+                        if model.stop_training:
+                            history.stopped_epoch = epoch
+                            break
+            finally:
+                if bar is not None:
+                    bar.close()
         for cb in self.callbacks:
             cb.on_train_end(model)
         return history
