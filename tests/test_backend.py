@@ -1,0 +1,152 @@
+"""NNX_BACKEND, use_backend and backend_info. The variable is tested in subprocesses, so that
+each case starts from a fresh interpreter, as a user's program would."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import nnx
+from nnx.backend import BackendError
+
+PROBE = (
+    "import json, sys, nnx\n"
+    "before = {m: m in sys.modules for m in ('cupy', 'torch')}\n"
+    "m = nnx.Sequential([nnx.Dense(2, 2, 'softmax')])\n"
+    "info = nnx.backend_info()\n"
+    "print(json.dumps({'model': m.backend.name, 'info': info, 'imported_at_import': before}))\n"
+)
+
+
+def run_probe(value):
+    env = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"}
+    if value is not None:
+        env["NNX_BACKEND"] = value
+    return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def cupy_usable():
+    try:
+        nnx.get_backend("cupy")
+    except BackendError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("value,expected", [
+    (None, "numpy"), ("", "numpy"), ("   ", "numpy"), ("numpy", "numpy"), (" NumPy ", "numpy"),
+    ("torch", "torch"), ("array_api_strict", "array_api_strict"), ("ARRAY-API-STRICT",
+                                                                   "array_api_strict"),
+])
+def test_env_selects_the_backend(value, expected):
+    if expected == "torch":
+        pytest.importorskip("torch")
+    result = run_probe(value)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["model"] == expected
+    assert out["info"]["backend"] == expected
+    assert out["imported_at_import"] == {"cupy": False, "torch": False}
+
+
+def test_env_auto_records_its_choice_and_why():
+    result = run_probe("auto")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)["info"]
+    assert info["requested"] == "auto"
+    if cupy_usable():
+        assert info["backend"] == "cupy" and "CUDA device is usable" in info["reason"]
+    else:
+        assert info["backend"] == "numpy"
+        assert info["reason"].startswith("auto: CuPy not usable, using numpy (")
+
+
+def test_env_unknown_value_is_a_clear_error():
+    result = run_probe("nmpy")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == ("ValueError: NNX_BACKEND='nmpy' is not a backend; choose one of: numpy, "
+                    "cupy, torch, array_api_strict, auto; unset NNX_BACKEND to use numpy.")
+
+
+def test_env_cupy_without_a_gpu_says_why():
+    if cupy_usable():
+        pytest.skip("a CUDA device is usable here")
+    result = run_probe("cupy")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("nnx.backend.BackendError: NNX_BACKEND='cupy' but ")
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        assert "CuPy is not installed" in last and "nnx-arrays[cuda13]" in last
+    else:
+        assert "no CUDA device is usable (" in last and "unset NNX_BACKEND" in last
+
+
+def test_variable_is_read_when_needed_not_at_import(monkeypatch):
+    monkeypatch.setenv("NNX_BACKEND", "array_api_strict")
+    assert nnx.get_backend().name == "array_api_strict"
+    monkeypatch.setenv("NNX_BACKEND", "numpy")
+    assert nnx.get_backend().name == "numpy"
+    monkeypatch.setenv("NNX_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="NNX_BACKEND='bogus' is not a backend"):
+        nnx.Sequential([nnx.Dense(2, 2)])
+
+
+def test_use_backend_is_scoped_and_nests(monkeypatch):
+    monkeypatch.delenv("NNX_BACKEND", raising=False)
+    with nnx.use_backend("array_api_strict", device="device1") as outer:
+        assert nnx.Sequential([nnx.Dense(2, 2)]).backend is outer
+        assert str(outer.device) == str(nnx.get_backend("array_api_strict", "device1").device)
+        with nnx.use_backend("numpy"):
+            assert nnx.Sequential([nnx.Dense(2, 2)]).backend.name == "numpy"
+        assert nnx.get_backend().name == "array_api_strict"
+    assert nnx.get_backend().name == "numpy"
+    # an explicit backend= argument wins over the block
+    with nnx.use_backend("array_api_strict"):
+        assert nnx.Sequential([nnx.Dense(2, 2)], backend="numpy").backend.name == "numpy"
+
+
+def test_use_backend_rejects_unknown_names():
+    with pytest.raises(ValueError, match=r"backend='jax' is not a backend; choose one of"):
+        with nnx.use_backend("jax"):
+            pass
+    with pytest.raises(TypeError, match="backend must be a string or nnx.Backend; received int"):
+        nnx.get_backend(3)
+
+
+def test_backend_info_reports_versions_and_device():
+    info = nnx.backend_info("array_api_strict")
+    assert info["backend"] == "array_api_strict"
+    assert info["nnx"] == nnx.__version__
+    import array_api_compat
+    import numpy
+
+    assert info["numpy"] == numpy.__version__
+    assert info["array_api_compat"] == array_api_compat.__version__
+    assert info["library"].startswith("array_api_strict ")
+    assert info["default_dtype"] == "float32" and "CPU_DEVICE" in info["device"]
+
+
+def test_to_numpy_brings_device_arrays_back(backend):
+    import numpy as np
+
+    data = np.arange(6.0).reshape(2, 3)
+    array = backend.asarray(data, backend.xp.float32)
+    back = nnx.to_numpy(array)
+    assert isinstance(back, np.ndarray)
+    np.testing.assert_array_equal(back, data)
+
+
+def test_simulated_accelerator_refuses_host_conversion_like_cupy():
+    """The guard the device1 runs rely on: an accidental np.asarray inside the core fails."""
+    import numpy as np
+
+    backend = nnx.get_backend("array_api_strict", "device1")
+    array = backend.asarray(np.ones((2, 2)))
+    with pytest.raises(RuntimeError, match="Can't convert array on the"):
+        np.asarray(array)
