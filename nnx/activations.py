@@ -8,7 +8,8 @@ be written in terms of the output, so a layer caches one array, not two).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)

@@ -74,9 +74,11 @@ class EarlyStopping(Callback):
     def __init__(self, monitor: str = "val_loss", patience: int = 10, min_delta: float = 0.0,
                  restore_best_weights: bool = True) -> None:
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be an integer >= 0; received {patience!r}.")
+            raise ValueError("EarlyStopping: patience must be an integer >= 0; "
+                             f"received {patience!r}.")
         if not math.isfinite(min_delta) or min_delta < 0:
-            raise ValueError(f"EarlyStopping: min_delta must be finite and >= 0; received {min_delta!r}.")
+            raise ValueError("EarlyStopping: min_delta must be finite and >= 0; "
+                             f"received {min_delta!r}.")
         self.monitor = monitor
         self.patience = patience
         self.min_delta = float(min_delta)

@@ -159,7 +159,8 @@ def train_test_split(X: Any, y: Any, test_size: float = 0.25, seed: int | None =
         n_test = max(1, int(round(test_size * len(y))))
         test_idx, train_idx = order[:n_test], order[n_test:]
     if len(train_idx) == 0 or len(test_idx) == 0:
-        raise ValueError(f"train_test_split: {len(y)} samples are too few for test_size={test_size}.")
+        raise ValueError(f"train_test_split: {len(y)} samples are too few for "
+                         f"test_size={test_size}.")
     return X[train_idx], X[test_idx], y[train_idx], y[test_idx]
 
 

@@ -47,7 +47,8 @@ class Dense:
         self.n_out = _size(n_out, "n_out", "Dense")
         self.activation = get_activation(activation)
         if init not in SCHEMES:
-            raise ValueError(f"Dense: init={init!r} is unknown; choose one of: {', '.join(SCHEMES)}.")
+            raise ValueError(f"Dense: init={init!r} is unknown; choose one of: "
+                             f"{', '.join(SCHEMES)}.")
         self.init = init
         self.backend: Backend | None = None
         self.dtype: Any = None
@@ -88,7 +89,8 @@ class Dense:
         self._require_built(f"setting {name}")
         host_shape = tuple(getattr(value, "shape", np.shape(value)))
         if host_shape != shape:
-            raise ValueError(f"{self!r}: {name} must have shape {shape}; received shape {host_shape}.")
+            raise ValueError(f"{self!r}: {name} must have shape {shape}; "
+                             f"received shape {host_shape}.")
         # A copy, so that training never writes into the caller's array (and vice versa).
         array = self.backend.xp.asarray(self.backend.asarray(value, dtype=self.dtype), copy=True)
         if not bool(self.backend.xp.all(self.backend.xp.isfinite(array))):

@@ -11,7 +11,8 @@ samples.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def softmax_cross_entropy(xp, logits, Y, grad=True):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import array_api_compat
 import numpy as np
@@ -119,7 +120,8 @@ class Sequential:
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"Sequential: seed must be an integer >= 0 or None; received {seed!r}.")
+            raise ValueError("Sequential: seed must be an integer >= 0 or None; "
+                             f"received {seed!r}.")
         self.backend = get_backend(backend, device)
         self.dtype_name = _dtype_name(dtype)
         self.dtype = self.backend.dtype(self.dtype_name)
@@ -637,10 +639,10 @@ class _Trainer:
         # The order comes from the model's NumPy generator: identical on every backend.
         order = model.backend.asarray(model.rng.permutation(n))
         xp = model.xp
-        take = (lambda a: None if a is None else xp.take(a, order, axis=0))
-        labels = self.labels if self.labels is self.Y else take(self.labels)
-        Y = take(self.Y)
-        return take(self.X), Y, (Y if self.labels is self.Y else labels)
+        X, Y = xp.take(self.X, order, axis=0), xp.take(self.Y, order, axis=0)
+        if self.labels is None or self.labels is self.Y:
+            return X, Y, (Y if self.labels is self.Y else None)
+        return X, Y, xp.take(self.labels, order, axis=0)
 
     def _run_epoch(self) -> dict[str, Any]:
         model, n, step = self.model, self.X.shape[0], self.batch

@@ -102,7 +102,8 @@ def get_schedule(schedule: str | Schedule | None, **kwargs: Any) -> Schedule:
         return _CallableSchedule(schedule)
     key = str(schedule).lower()
     if key not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is unknown; choose one of: {', '.join(SCHEDULES)}.")
+        raise ValueError(f"schedule={schedule!r} is unknown; choose one of: "
+                         f"{', '.join(SCHEDULES)}.")
     return SCHEDULES[key](**kwargs)
 
 

@@ -5,9 +5,9 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import assert_on_backend, tolerance
 from helpers import central_difference, host, relative_error
+
 from nnx import activations as A
 
 REFERENCES = {

@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 import pytest
+from helpers import host
 
 import nnx
-from helpers import host
 
 
 def make(backend, **kwargs):
@@ -45,7 +45,8 @@ BAD_FIT = [
      r"labels must be in \[0, 3\).*max 3"),
     ("wrong features", lambda X, y: (np.hstack([X, X]), y), ValueError,
      r"X has 4 features; the model expects 2"),
-    ("strings", lambda X, y: (X.astype(str), y), TypeError, r"X must be numeric.*received dtype <U"),
+    ("strings", lambda X, y: (X.astype(str), y), TypeError,
+     r"X must be numeric.*received dtype <U"),
     ("objects", lambda X, y: ([[1.0, "a"]] * 10, y), TypeError, r"X must be numeric"),
     ("ragged", lambda X, y: ([[1.0, 2.0], [1.0]] + [[0.0, 0.0]] * 8, y), TypeError,
      r"X must be a numeric array"),

@@ -3,10 +3,10 @@ tutorials' networks, and identical results across backends for one seed."""
 
 import numpy as np
 import pytest
-
-import nnx
 from conftest import assert_on_backend, available_cpu_backends
 from helpers import central_difference, host, relative_error
+
+import nnx
 
 
 def moons_net(backend, dtype="float32", hidden=3, l2=0.0, seed=0):

@@ -3,10 +3,10 @@ and callbacks, on every backend."""
 
 import numpy as np
 import pytest
-
-import nnx
 from conftest import assert_on_backend, available_cpu_backends
 from helpers import host
+
+import nnx
 
 
 def regression_net(backend, dtype="float64", seed=0):
