@@ -64,6 +64,16 @@ class Backend:
         return f"Backend({self.name!r}, device={self.device!r})"
 
     @property
+    def is_accelerator(self) -> bool:
+        """Whether arrays live off the host (CuPy, torch on CUDA, and array_api_strict's
+        simulated devices), so that each host read waits for the device."""
+        if self.name == "cupy":
+            return True
+        if self.name == "torch":
+            return str(self.device) != "cpu"
+        return self.name == "array_api_strict" and "CPU_DEVICE" not in str(self.device)
+
+    @property
     def supports_float64(self) -> bool:
         info = self.xp.__array_namespace_info__()
         return "float64" in info.dtypes(device=self.device)

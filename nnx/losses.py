@@ -1,11 +1,11 @@
 """Losses with their fused gradients, computed from the output layer's logits where possible.
 
-Each loss is ``fn(xp, out, Y) -> (loss, grad)`` where ``loss`` is a 0-d array on the device (no
-host round trip) and ``grad`` is d(loss)/d(out). ``out`` is the last layer's pre-activation
-(its logits) for the losses fused with their activation, and its activation otherwise. Targets
-``Y`` are already encoded as floats of the model's dtype: one-hot rows for cross-entropy, 0/1
-columns for binary cross-entropy, values for mean squared error. The data loss is the mean over
-samples.
+Each loss is ``fn(xp, out, Y, grad=True, scale=1.0) -> (loss, grad)`` where ``loss`` is a 0-d
+array on the device (no host round trip) and ``grad`` is ``scale * d(loss)/d(out)``. ``out`` is
+the last layer's pre-activation (its logits) for the losses fused with their activation, and its
+activation otherwise. Targets ``Y`` are already encoded as floats of the model's dtype: one-hot
+rows for cross-entropy, 0/1 columns for binary cross-entropy, values for mean squared error.
+The data loss is the mean over samples.
 """
 
 from __future__ import annotations
@@ -14,29 +14,35 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from nnx.activations import row_max, row_sum
 
-def softmax_cross_entropy(xp, logits, Y, grad=True):
-    """Cross-entropy of softmax(logits) against one-hot `Y`; gradient ``(p - Y) / n``.
+
+def softmax_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
+    """Cross-entropy of softmax(logits) against one-hot `Y`; gradient ``scale * (p - Y) / n``.
 
     Parameters
     ----------
     logits : array, shape (n_samples, n_classes)
     Y : array, shape (n_samples, n_classes), one-hot rows
+    scale : float
+        Multiplies the gradient (an optimizer may fold its learning rate in here, where it
+        costs nothing: the division by n is there anyway).
     """
     n = logits.shape[0]
     # log-sum-exp with the row maximum taken out: exp never overflows.
-    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    shifted = logits - row_max(xp, logits)
     e = xp.exp(shifted)
-    s = xp.sum(e, axis=1, keepdims=True)
-    # Rows of Y sum to one, so -sum(Y * log_softmax) = sum(log s) - sum(Y * shifted).
-    loss = (xp.sum(xp.log(s)) - xp.sum(Y * shifted)) / n
+    s = row_sum(xp, e)
+    # -log softmax = log(s) - shifted; rows of Y pick the true class.
+    loss = xp.sum(Y * (xp.log(s) - shifted)) / n
     if not grad:
         return loss, None
-    return loss, (e / s - Y) / n
+    return loss, (e / s - Y) * (scale / n)
 
 
-def binary_cross_entropy(xp, logits, Y, grad=True):
-    """Log-loss of sigmoid(logits) against 0/1 targets `Y`; gradient ``(sigmoid - Y) / n``.
+def binary_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
+    """Log-loss of sigmoid(logits) against 0/1 targets `Y`; gradient
+    ``scale * (sigmoid - Y) / n``.
 
     Parameters
     ----------
@@ -50,11 +56,11 @@ def binary_cross_entropy(xp, logits, Y, grad=True):
     if not grad:
         return loss, None
     p = xp.where(logits >= 0, 1 / (1 + e), e / (1 + e))
-    return loss, (p - Y) / n
+    return loss, (p - Y) * (scale / n)
 
 
-def mean_squared_error(xp, pred, Y, grad=True):
-    """Mean over all elements of ``(pred - Y)**2``.
+def mean_squared_error(xp, pred, Y, grad=True, scale=1.0):
+    """Mean over all elements of ``(pred - Y)**2``; gradient ``scale * 2 (pred - Y) / size``.
 
     Parameters
     ----------
@@ -66,7 +72,7 @@ def mean_squared_error(xp, pred, Y, grad=True):
     loss = xp.sum(diff * diff) / size
     if not grad:
         return loss, None
-    return loss, diff * (2 / size)
+    return loss, diff * (2 * scale / size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -360,25 +360,22 @@ class Sequential:
             grad = layers[i].backward(grad, through_activation=through, input_grad=i > 0)
 
     def _l2_term(self) -> Any:
-        xp = self.xp
+        """``(l2 / 2) * sum ||W||^2`` as a 0-d device array."""
         total = None
         for layer in self.layers:
-            term = xp.sum(layer._W * layer._W)
-            total = term if total is None else total + term
+            # A dot product of the flattened weights: one BLAS call, not a multiply and a sum.
+            w = self.xp.reshape(layer._W, (-1,))
+            total = w @ w if total is None else total + w @ w
         return (self.l2 / 2) * total
 
-    def _objective(self, out: Any, Y: Any, grad: bool) -> tuple[Any, Any]:
-        loss, out_grad = self.loss_fn.fn(self.xp, out, Y, grad=grad)
+    def _objective(self, out: Any, Y: Any, grad: bool, scale: float = 1.0) -> tuple[Any, Any]:
+        loss, out_grad = self.loss_fn.fn(self.xp, out, Y, grad=grad, scale=scale)
         if self.l2:
             loss = loss + self._l2_term()
         return loss, out_grad
 
-    def _grads(self) -> list[Any]:
-        grads = []
-        for layer in self.layers:
-            dW = layer.dW + self.l2 * layer._W if self.l2 else layer.dW
-            grads += [dW, layer.db]
-        return grads
+    def _decay(self) -> list[float]:
+        return [self.l2, 0.0] * len(self.layers)
 
     def value_and_grad(self, X: Any, y: Any) -> tuple[float, list[Any]]:
         """The objective (as :meth:`loss`) and its gradient ``[dW0, db0, dW1, ...]`` on the
@@ -387,15 +384,24 @@ class Sequential:
         Y, _ = self._as_y(y, Xd.shape[0], "Sequential.value_and_grad")
         loss, out_grad = self._objective(self._output(Xd), Y, grad=True)
         self._backprop(out_grad)
-        return float(loss), self._grads()
+        grads = []
+        for layer in self.layers:
+            grads += [layer.dW + self.l2 * layer._W if self.l2 else layer.dW, layer.db]
+        return float(loss), grads
 
     def train_step(self, X: Any, Y: Any) -> tuple[Any, Any]:
         """One gradient step on device arrays ``X`` and encoded targets ``Y`` (as ``fit``
-        makes them). Returns ``(loss, output)`` on the device, with no host round trip."""
+        makes them). Returns ``(loss, output)`` on the device, with no host round trip.
+
+        Each layer's ``dW``/``db`` then holds the data gradient times
+        ``optimizer.grad_scale()`` (the learning rate for plain SGD, else 1).
+        """
+        optimizer = self.optimizer
         out = self._output(X)
-        loss, out_grad = self._objective(out, Y, grad=True)
+        loss, out_grad = self._objective(out, Y, grad=True, scale=optimizer.grad_scale())
         self._backprop(out_grad)
-        self.set_params(self.optimizer.step(self.xp, self.get_params(), self._grads()))
+        grads = [g for layer in self.layers for g in (layer.dW, layer.db)]
+        self.set_params(optimizer.step(self.xp, self.get_params(), grads, self._decay()))
         return loss, out
 
     def _correct(self, out: Any, labels: Any) -> Any:
@@ -719,11 +725,15 @@ class _Trainer:
         if check_params:
             finite = [xp.all(xp.isfinite(p)) for p in model.get_params()]
             values.append(xp.astype(xp.all(xp.stack(finite)), model.dtype))
-        host = to_numpy(xp.stack([xp.astype(v, model.dtype) for v in values]))
-        host = host.astype(np.float64)
+        if model.backend.is_accelerator:
+            # One transfer for all the figures: each separate one would wait for the device.
+            stacked = xp.stack([xp.astype(v, model.dtype) for v in values])
+            host = to_numpy(stacked).astype(np.float64).tolist()
+        else:
+            host = [float(v) for v in values]
         width = len(keys)
         for i, (epoch, _) in enumerate(pending):
-            logs = dict(zip(keys, host[i * width:(i + 1) * width].tolist()))
+            logs = dict(zip(keys, host[i * width:(i + 1) * width]))
             if not math.isfinite(logs["loss"]):
                 # Roll back to the weights that gave the last finite loss.
                 params, start = (starts[i - 1], pending[i - 1][0]) if i else before

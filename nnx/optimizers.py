@@ -117,7 +117,13 @@ class _CallableSchedule(Schedule):
 
 # -- optimizers -----------------------------------------------------------------------------
 class Optimizer:
-    """Base class: ``step(xp, params, grads)`` returns the new parameters."""
+    """Base class.
+
+    ``step(xp, params, grads, decay)`` returns the new parameters, where ``decay[i]`` is the L2
+    strength on ``params[i]`` (the model's ``l2`` for weight matrices, 0 for biases): the
+    gradient of the objective is ``grads[i] + decay[i] * params[i]``. ``grads`` arrive
+    multiplied by :meth:`grad_scale`.
+    """
 
     def __init__(self, lr: float, schedule: str | Schedule | None = None) -> None:
         self.lr = _positive(lr, "lr", type(self).__name__)
@@ -128,11 +134,20 @@ class Optimizer:
         """The learning rate in force for the current epoch."""
         return self.lr * self.schedule(self.epoch)
 
-    def step(self, xp: Any, params: list[Any], grads: list[Any]) -> list[Any]:
+    def grad_scale(self) -> float:
+        """The factor the model should fold into the loss gradient (1: raw gradients)."""
+        return 1.0
+
+    def step(self, xp: Any, params: list[Any], grads: list[Any],
+             decay: list[float]) -> list[Any]:
         raise NotImplementedError
 
     def reset(self) -> None:
         """Forget the state (momentum, moments); the next step starts afresh."""
+
+
+def _with_decay(params: list[Any], grads: list[Any], decay: list[float]) -> list[Any]:
+    return [g + d * p if d else g for p, g, d in zip(params, grads, decay)]
 
 
 class SGD(Optimizer):
@@ -157,10 +172,18 @@ class SGD(Optimizer):
     def reset(self) -> None:
         self.velocity = None
 
-    def step(self, xp, params, grads):
+    def grad_scale(self) -> float:
+        # Plain SGD only ever uses lr * g: folding lr into the loss gradient (where the
+        # division by n happens anyway) saves one multiplication per parameter per step.
+        return self.rate() if self.momentum == 0 else 1.0
+
+    def step(self, xp, params, grads, decay):
         lr = self.rate()
         if self.momentum == 0:
-            return [p - lr * g for p, g in zip(params, grads)]
+            # grads are lr * g already; p - lr * (g + d * p) = p * (1 - lr * d) - lr * g
+            return [p * (1 - lr * d) - g if d else p - g
+                    for p, g, d in zip(params, grads, decay)]
+        grads = _with_decay(params, grads, decay)
         if self.velocity is None:
             self.velocity = [xp.zeros_like(p) for p in params]
         mu = self.momentum
@@ -189,7 +212,8 @@ class Adam(Optimizer):
     def reset(self) -> None:
         self.t, self.m, self.v = 0, None, None
 
-    def step(self, xp, params, grads):
+    def step(self, xp, params, grads, decay):
+        grads = _with_decay(params, grads, decay)
         if self.m is None:
             self.m = [xp.zeros_like(p) for p in params]
             self.v = [xp.zeros_like(p) for p in params]
@@ -197,7 +221,7 @@ class Adam(Optimizer):
         b1, b2 = self.beta1, self.beta2
         self.m = [b1 * m + (1 - b1) * g for m, g in zip(self.m, grads)]
         self.v = [b2 * v + (1 - b2) * (g * g) for v, g in zip(self.v, grads)]
-        # Fold both bias corrections into one host scalar: no extra device work.
+        # Fold both bias corrections into host scalars: no extra device work.
         step = self.rate() * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
         eps = self.eps * math.sqrt(1 - b2**self.t)
         return [p - step * m / (xp.sqrt(v) + eps) for p, m, v in zip(params, self.m, self.v)]
