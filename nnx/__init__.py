@@ -14,20 +14,21 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 from nnx import activations, datasets, losses, optimizers
 from nnx.backend import Backend, BackendError, backend_info, get_backend, to_numpy, use_backend
 from nnx.callbacks import Callback, EarlyStopping, History
+from nnx.io import ModelFileError
 from nnx.layers import Dense
 from nnx.model import NonFiniteLossError, Sequential
 from nnx.optimizers import SGD, Adam, ExponentialDecay, InverseTimeDecay, StepDecay
 
 __all__ = [
     "Adam", "Backend", "BackendError", "Callback", "Dense", "EarlyStopping",
-    "ExponentialDecay", "History", "InverseTimeDecay", "NonFiniteLossError", "SGD",
-    "Sequential", "StepDecay", "__version__", "activations", "backend_info", "datasets",
+    "ExponentialDecay", "History", "InverseTimeDecay", "ModelFileError", "NonFiniteLossError",
+    "SGD", "Sequential", "StepDecay", "__version__", "activations", "backend_info", "datasets",
     "get_backend", "load", "losses", "optimizers", "to_numpy", "use_backend",
 ]
 
 
-def load(path, backend=None, device=None):
+def load(path, backend=None, device=None, *, dtype=None):
     """Read a model written by ``model.save(path)`` onto `backend` (see :func:`nnx.io.load`)."""
     from nnx.io import load as _load
 
-    return _load(path, backend=backend, device=device)
+    return _load(path, backend=backend, device=device, dtype=dtype)

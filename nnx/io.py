@@ -1,0 +1,332 @@
+"""Save and load models: one ``.npz`` file, no pickle, written atomically, versioned.
+
+The file is a zip archive of ``.npy`` members, as :func:`numpy.savez` writes them, so
+``numpy.load(path, allow_pickle=False)`` can read it too:
+
+``layers.{i}.W``, ``layers.{i}.b``
+    Each layer's parameters, shapes ``(n_in, n_out)`` and ``(n_out,)``, in the model's dtype.
+``metadata``
+    UTF-8 JSON in a 1-D uint8 array: ``format`` (``nnx.Sequential``), ``format_version``,
+    ``nnx_version``, ``config`` (:meth:`Sequential.get_config`), ``dtype``, ``backend`` and
+    ``device`` (where the model was trained), ``seed`` and ``epochs_trained``.
+
+The optimizer state and the training history are not saved: ``fit`` after ``load`` starts a
+fresh optimizer from the loaded weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from nnx.backend import Backend, get_backend, to_numpy
+
+FORMAT_NAME = "nnx.Sequential"
+FORMAT_VERSION = 1  # the newest version this code writes and reads
+METADATA = "metadata"
+DTYPES = ("float32", "float64")
+
+
+class ModelFileError(ValueError):
+    """A file that :func:`load` cannot read as a model; ``path`` and ``reason`` say why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path, self.reason = path, reason
+
+    def __str__(self) -> str:
+        return f"nnx.load: cannot load {self.path}: {self.reason}"
+
+
+# -- save -------------------------------------------------------------------------------------
+def save(model: Any, path: str | os.PathLike) -> None:
+    """Write `model` to the file `path` (``model.save(path)`` calls this).
+
+    Parameters
+    ----------
+    model : Sequential
+    path : str or os.PathLike
+        Written exactly as given: no ``.npz`` is appended (``model.npz`` is the usual name).
+
+    The file is written to a temporary file in the same folder, flushed to disk and renamed over
+    `path`, so that an error or a crash leaves either the previous file or the new one, never a
+    partial file.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder of `path` does not exist.
+    IsADirectoryError
+        `path` is a folder.
+    ValueError
+        A parameter is NaN or inf (nothing is written).
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"nnx.save: cannot write {path}: the folder {folder} does not "
+                                "exist; create it first (os.makedirs).")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"nnx.save: {path} is a folder; give a file name such as "
+                                f"{os.path.join(path, 'model.npz')}.")
+    arrays = _arrays_of(model)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        # A file object, so that numpy does not append ".npz" to the name.
+        with os.fdopen(fd, "wb") as handle:
+            _write_npz(handle, arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give open()'s usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        # Ctrl-C included: the previous file stays as it was and no temporary file is left.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+def _arrays_of(model: Any) -> dict[str, np.ndarray]:
+    arrays = {}
+    for i, layer in enumerate(model.layers):
+        for name, value in (("W", layer.W), ("b", layer.b)):
+            host = np.asarray(to_numpy(value))
+            if not np.all(np.isfinite(host)):
+                raise ValueError(f"nnx.save: layers[{i}].{name} contains NaN or inf; nothing "
+                                 "was written. Retrain or restore finite weights first.")
+            arrays[f"layers.{i}.{name}"] = host
+    from nnx import __version__
+
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "nnx_version": __version__,
+        "config": model.get_config(),
+        "dtype": model.dtype_name,
+        "backend": model.backend.name,
+        "device": str(model.backend.device),
+        "seed": model.seed,
+        "epochs_trained": model.epochs_trained,
+    }
+    text = json.dumps(metadata, allow_nan=False)
+    arrays[METADATA] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    return arrays
+
+
+def _write_npz(handle: Any, arrays: dict[str, np.ndarray]) -> None:
+    """What ``np.savez`` does, with ``allow_pickle=False`` spelled out."""
+    with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def _umask() -> int:
+    # The only way to read the umask is to set it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make the rename itself durable (POSIX only: Windows cannot open a folder)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # some file systems refuse fsync on a folder
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- load -------------------------------------------------------------------------------------
+def load(path: str | os.PathLike, backend: str | Backend | None = None, device: Any = None,
+         *, dtype: str | None = None) -> Any:
+    """Read a model written by :func:`save` onto `backend`, whatever it was trained on.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    backend : str or Backend, optional
+        Default: resolved as for a new model (``nnx.use_backend``, ``NNX_BACKEND``, numpy).
+    device : optional
+        A device of that backend.
+    dtype : {'float32', 'float64'}, optional
+        Cast the parameters to this dtype, e.g. ``'float32'`` to put a float64 model on a
+        device without float64. Default: the saved dtype.
+
+    Returns
+    -------
+    Sequential
+        With the saved architecture, parameters and ``epochs_trained``.
+
+    Raises
+    ------
+    ModelFileError
+        The file is missing, unreadable, damaged, from a newer nnx, or not a valid model.
+    ValueError
+        The saved (or requested) dtype is not available on the device.
+    """
+    from nnx.model import Sequential
+
+    path = os.fspath(path)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"nnx.load: dtype={dtype!r} is not supported; expected 'float32' or "
+                         "'float64'.")
+    # A backend that cannot be used is the caller's problem, not the file's: raise it as is.
+    target = get_backend(backend, device)
+    members = _read_members(path)
+    config, saved_dtype, epochs_trained = _check_metadata(members.pop(METADATA, None), path)
+    shapes = _parameter_shapes(config, path)
+    missing = [name for name in shapes if name not in members]
+    extra = [name for name in members if name not in shapes]
+    if missing or extra:
+        raise ModelFileError(path, f"the arrays do not match the architecture: missing "
+                                   f"{missing or 'none'}, unexpected {extra or 'none'}.")
+    for name, shape in shapes.items():
+        _check_parameter(members[name], name, shape, saved_dtype, path)
+
+    dtype = saved_dtype if dtype is None else dtype
+    if dtype == "float64" and not target.supports_float64:
+        raise ValueError(f"nnx.load: {path} holds a float64 model but {target.name} device "
+                         f"{target.device} has no float64; pass dtype='float32' to nnx.load "
+                         "to cast it.")
+    try:
+        model = Sequential.from_config({**config, "dtype": dtype}, backend=target)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(path, f"the architecture in the metadata is invalid "
+                                   f"({type(exc).__name__}: {exc}).") from None
+    # Cast on the host: any byte order and the requested dtype reach the device as native.
+    model.set_weights([members[name].astype(dtype) for name in shapes])
+    model.epochs_trained = epochs_trained
+    return model
+
+
+def _read_members(path: str) -> dict[str, np.ndarray]:
+    """Every member of the archive, read in full (so zipfile checks each CRC-32) and parsed as
+    ``.npy`` without pickle."""
+    if not os.path.exists(path):
+        raise ModelFileError(path, "no such file.")
+    if not os.path.isfile(path):
+        raise ModelFileError(path, "it is not a file.")
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ModelFileError(path, "it is not a zip (.npz) archive; it is truncated, corrupted "
+                                   "or not a file written by model.save().") from None
+    except OSError as exc:
+        raise ModelFileError(path, f"it cannot be read ({exc.strerror or exc}).") from None
+    members: dict[str, np.ndarray] = {}
+    with archive:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            if name == info.filename or name in members:
+                what = "is not a .npy array" if name == info.filename else "appears twice"
+                raise ModelFileError(path, f"the member {info.filename!r} {what}; nnx writes "
+                                           "each array once, as NAME.npy.")
+            try:
+                data = archive.read(info)
+            except Exception as exc:  # noqa: BLE001 - BadZipFile, EOFError, zlib.error, OSError...
+                raise ModelFileError(path, f"the member {info.filename!r} is damaged ({exc}); "
+                                           "the file is truncated or corrupted.") from None
+            members[name] = _parse_npy(data, info.filename, path)
+    return members
+
+
+def _parse_npy(data: bytes, member: str, path: str) -> np.ndarray:
+    stream = io.BytesIO(data)
+    try:
+        array = np.lib.format.read_array(stream, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - a malformed header raises several types
+        raise ModelFileError(path, f"the member {member!r} is not a plain .npy array "
+                                   f"({exc}).") from None
+    if stream.tell() != len(data):
+        raise ModelFileError(path, f"the member {member!r} has {len(data) - stream.tell()} "
+                                   "bytes after its array; the file is corrupted.")
+    return array
+
+
+def _check_metadata(raw: np.ndarray | None, path: str) -> tuple[dict[str, Any], str, int]:
+    """``(config, dtype, epochs_trained)`` from the metadata member, each checked."""
+    if raw is None:
+        raise ModelFileError(path, f"it holds no {METADATA!r} member, so it is not a model "
+                                   "written by model.save().")
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ModelFileError(path, f"the {METADATA!r} member must be a 1-D uint8 array of JSON "
+                                   f"text; received {raw.dtype} shape {raw.shape}.")
+    try:
+        metadata = json.loads(raw.tobytes().decode("utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise ModelFileError(path, f"the metadata is not valid JSON ({exc}).") from None
+    if not isinstance(metadata, dict):
+        raise ModelFileError(path, "the metadata is not a JSON object.")
+    if metadata.get("format") != FORMAT_NAME:
+        raise ModelFileError(path, f"format={metadata.get('format')!r}; expected "
+                                   f"{FORMAT_NAME!r}. It is not an nnx model file.")
+    version = metadata.get("format_version")
+    if not _is_count(version) or version < 1:
+        raise ModelFileError(path, f"format_version={version!r}; expected an integer >= 1.")
+    if version > FORMAT_VERSION:
+        from nnx import __version__
+
+        raise ModelFileError(
+            path, f"it was written by a newer nnx ({metadata.get('nnx_version')}, format "
+                  f"version {version}); nnx {__version__} reads format versions up to "
+                  f"{FORMAT_VERSION}. Upgrade nnx: pip install -U nnx-arrays.")
+    config = metadata.get("config")
+    if not isinstance(config, dict):
+        raise ModelFileError(path, f"config={config!r}; expected a JSON object (the "
+                                   "architecture from model.get_config()).")
+    dtype = metadata.get("dtype")
+    if dtype not in DTYPES or config.get("dtype") != dtype:
+        raise ModelFileError(path, f"dtype={dtype!r} (config dtype={config.get('dtype')!r}); "
+                                   "expected the same 'float32' or 'float64' in both.")
+    epochs = metadata.get("epochs_trained")
+    if not _is_count(epochs) or epochs < 0:
+        raise ModelFileError(path, f"epochs_trained={epochs!r}; expected an integer >= 0.")
+    return config, dtype, epochs
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parameter_shapes(config: dict[str, Any], path: str) -> dict[str, tuple[int, ...]]:
+    """``{'layers.0.W': (n_in, n_out), 'layers.0.b': (n_out,), ...}`` from the config, in the
+    order of ``get_weights``; checked before any array is trusted."""
+    layers = config.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise ModelFileError(path, f"the architecture has layers={layers!r}; expected a "
+                                   "non-empty list.")
+    shapes: dict[str, Any] = {}
+    for i, spec in enumerate(layers):
+        sizes = [spec.get(key) if isinstance(spec, dict) else None for key in ("n_in", "n_out")]
+        if not all(_is_count(size) and size >= 1 for size in sizes):
+            raise ModelFileError(path, f"layer {i} of the architecture is {spec!r}; expected "
+                                       "integer sizes n_in >= 1 and n_out >= 1.")
+        shapes[f"layers.{i}.W"] = tuple(sizes)
+        shapes[f"layers.{i}.b"] = (sizes[1],)
+    return shapes
+
+
+def _check_parameter(array: np.ndarray, name: str, shape: tuple[int, ...], dtype: str,
+                     path: str) -> None:
+    # Either byte order is fine: astype() on loading makes it native.
+    same_type = array.dtype.kind == "f" and array.dtype.itemsize == np.dtype(dtype).itemsize
+    if array.shape != shape or not same_type:
+        raise ModelFileError(path, f"the array {name!r} is {array.dtype} shape {array.shape}; "
+                                   f"the architecture needs {dtype} shape {shape}.")
+    if not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ModelFileError(path, f"the array {name!r} holds {bad} NaN or inf value"
+                                   f"{'s' if bad > 1 else ''}; the file is corrupted.")
+
