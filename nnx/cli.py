@@ -1,0 +1,566 @@
+"""The ``nnx`` command: train a classifier, apply a saved one to a CSV file, show the backends.
+
+    nnx train --data moons --hidden 3 --epochs 2000 --out moons.npz --plot moons.png
+    nnx predict moons.npz points.csv --out predictions.csv
+    nnx info
+    nnx bench ...
+
+A mistake on the command line or in the data is reported as one line,
+``nnx: error: ...``, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from nnx import datasets
+from nnx.backend import CHOICES, BackendError, get_backend, to_numpy
+
+GENERATED = ("moons", "circles", "spiral")
+DEFAULT_LR = {"sgd": 0.5, "momentum": 0.05, "nesterov": 0.05, "adam": 0.01}
+SMALL_DATA = 50  # below this many samples no validation set is held out by default
+
+
+class UsageError(Exception):
+    """A command-line mistake argparse found."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of argparse's usage block
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# -- nnx train --------------------------------------------------------------------------------
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train", help="train a classifier on a built-in data set or a CSV file",
+        description="Train a classifier (Dense layers, then a softmax over the classes in the\n"
+                    "labels) and report how it did.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  nnx train --data moons --hidden 3 --epochs 2000 --plot moons.png\n"
+               "  nnx train --data digits --hidden 64 --optimizer adam --lr 0.01 \\\n"
+               "            --epochs 100 --batch-size 64 --test-size 0.25 --out digits.npz\n"
+               "  nnx train --data points.csv --target label --hidden 16 8")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", default="moons", metavar="NAME|FILE.csv",
+                      help="a built-in data set (" + ", ".join([*datasets.BUILTIN,
+                                                                *datasets.SKLEARN])
+                      + ") or a numeric CSV file with a header row (default: moons)")
+    data.add_argument("--target", metavar="COLUMN",
+                      help="the CSV column holding the integer class labels")
+    data.add_argument("--samples", type=int, metavar="N",
+                      help="points to generate for moons, circles, spiral (spiral: N/3 per "
+                           "arm); default: 200, 200, 300")
+    data.add_argument("--noise", type=float,
+                      help="noise of the generated data (default: 0.2 moons and spiral, "
+                           "0.1 circles)")
+    data.add_argument("--validation-split", type=float, metavar="FRACTION",
+                      help="fraction of the training data held out to validate after every "
+                           f"epoch (default: 0.2; 0 with fewer than {SMALL_DATA} samples)")
+    data.add_argument("--test-size", type=float, metavar="FRACTION",
+                      help="fraction held out (stratified) before training, to report the "
+                           "test accuracy at the end (default: none)")
+    model = p.add_argument_group("model")
+    model.add_argument("--hidden", type=int, nargs="*", default=[3], metavar="SIZE",
+                       help="hidden layer sizes, e.g. --hidden 3 or --hidden 64 32; none for "
+                            "softmax regression (default: 3)")
+    model.add_argument("--activation", default="tanh",
+                       help="hidden activation: tanh, sigmoid, relu, leaky_relu, identity "
+                            "(default: tanh)")
+    model.add_argument("--l2", type=float, default=0.0,
+                       help="L2 strength: adds (l2/2) * sum ||W||^2 to the loss (default: 0)")
+    model.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                       help="(default: float32)")
+    fit = p.add_argument_group("training")
+    fit.add_argument("--optimizer", choices=tuple(DEFAULT_LR), default="sgd",
+                     help="(default: sgd)")
+    fit.add_argument("--lr", type=float,
+                     help="learning rate (default: " + ", ".join(
+                         f"{lr:g} {name}" for name, lr in DEFAULT_LR.items()) + ")")
+    fit.add_argument("--schedule", choices=("step", "exponential", "inverse_time"),
+                     help="learning-rate decay over the run: step halves the rate every "
+                          "quarter of the epochs; exponential and inverse_time bring it "
+                          "smoothly down to a tenth by the last epoch (default: constant)")
+    fit.add_argument("--epochs", type=int, default=1000, help="(default: 1000)")
+    fit.add_argument("--batch-size", type=int, metavar="N",
+                     help="minibatch size (default: the whole training set)")
+    fit.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                     help="stop when the validation loss has not improved for PATIENCE "
+                          "epochs and keep the best weights")
+    fit.add_argument("--seed", type=int, default=0,
+                     help="seeds the data, the splits, the initial weights and the batch "
+                          "order (default: 0)")
+    _add_backend_options(fit)
+    out = p.add_argument_group("output")
+    out.add_argument("--out", metavar="MODEL.npz", help="save the trained model here")
+    out.add_argument("--plot", metavar="FILE.png",
+                     help="save one figure with the decision boundary (2-D data only) "
+                          "beside the loss and accuracy curves")
+    out.add_argument("--quiet", action="store_true",
+                     help="no progress bar and no per-epoch table; the results are still "
+                          "printed")
+    p.set_defaults(run=train)
+
+
+def _add_backend_options(group: Any) -> None:
+    group.add_argument("--backend", choices=CHOICES,
+                       help="array library to run on (default: $NNX_BACKEND, else numpy)")
+    group.add_argument("--device",
+                       help="device of that backend: e.g. cuda:1 for torch, 1 for cupy, "
+                            "device1 for array_api_strict (default: the backend's default)")
+
+
+def _load_data(args: Any) -> tuple[np.ndarray, np.ndarray, str]:
+    name = args.data
+    generated = args.samples is not None or args.noise is not None
+    if name in datasets.BUILTIN or name in datasets.SKLEARN:
+        if args.target is not None:
+            raise ValueError(f"--target names a CSV column; --data {name} is a built-in data "
+                             "set.")
+        kwargs: dict[str, Any] = {}
+        if generated and name not in GENERATED:
+            raise ValueError(f"--samples and --noise apply to generated data "
+                             f"({', '.join(GENERATED)}); --data {name} is fixed.")
+        if args.noise is not None:
+            kwargs["noise"] = args.noise
+        if args.samples is not None:
+            if name == "spiral":
+                kwargs["n_per_class"] = max(1, args.samples // 3)
+            else:
+                kwargs["n"] = args.samples
+        X, y = datasets.load(name, seed=args.seed, **kwargs)
+        return np.asarray(X, np.float64), np.asarray(y), name
+    looks_like_file = os.path.exists(name) or name.lower().endswith(".csv") or os.sep in name
+    if not looks_like_file:
+        datasets.load(name)  # raises the list of known names
+    if generated:
+        raise ValueError("--samples and --noise apply to generated data "
+                         f"({', '.join(GENERATED)}), not to a CSV file.")
+    if args.target is None:
+        raise ValueError(f"--data {name} is a CSV file: name its label column with --target "
+                         "COLUMN.")
+    X, y, _ = datasets.load_csv(name, target=args.target)
+    return X, y, os.path.basename(name)
+
+
+def _labels(y: np.ndarray, where: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.dtype.kind == "f" and not np.all(y == np.round(y)):
+        bad = y[y != np.round(y)][0]
+        raise ValueError(f"{where}: the labels must be integer classes 0, 1, 2, ...; received "
+                         f"{bad:g}.")
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise ValueError(f"{where}: the labels must be integer classes 0, 1, 2, ...; received "
+                         f"{y.min()}.")
+    return y
+
+
+def _schedule(name: str | None, epochs: int) -> Any:
+    from nnx.optimizers import ExponentialDecay, InverseTimeDecay, StepDecay
+
+    if name is None:
+        return None
+    if name == "step":
+        return StepDecay(every=max(1, epochs // 4), factor=0.5)
+    if name == "exponential":
+        return ExponentialDecay(rate=0.1, every=max(1, epochs))
+    return InverseTimeDecay(rate=9.0 / max(1, epochs))
+
+
+def _check_output_path(path: str | None, option: str) -> None:
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option} {path}: the folder {folder} does not exist.")
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a folder; give a file name.")
+
+
+def _check_plot_path(path: str | None) -> None:
+    if path is None:
+        return
+    from nnx.plot import _matplotlib
+
+    _matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if ext and ext not in formats:
+        raise ValueError(f"--plot {path}: matplotlib cannot write .{ext} files; use one of: "
+                         f"{', '.join(sorted(formats))}.")
+
+
+def _device_text(backend: Any) -> str:
+    """The device as a user would name it: 'cpu', 'device1', 'cuda:0'."""
+    device = backend.device
+    if backend.name == "cupy":
+        return f"cuda:{device.id}"
+    match = re.fullmatch(r"array_api_strict\.Device\('(.*)'\)", str(device))
+    return match.group(1) if match else str(device)
+
+
+def _where(backend: Any) -> str:
+    """'numpy 2.1.3 on cpu', 'cupy 14.0.0 on NVIDIA H100 80GB HBM3 (cuda:0)'."""
+    device = _device_text(backend)
+    name = device if backend.name == "array_api_strict" else backend.device_name()
+    place = name if device in name else f"{name} ({device})"
+    return f"{backend.name} {backend.library_version()} on {place}"
+
+
+def _architecture(model: Any, arrow: str = " -> ") -> str:
+    parts = [str(model.n_in)]
+    parts += [f"{layer.n_out} {layer.activation.name}" for layer in model.layers]
+    return arrow.join(parts)
+
+
+def _table(history: Any) -> list[str]:
+    """A few epochs of the history, the first and last among them (and the best one)."""
+    keys = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in history]
+    n = len(history)
+    rows = sorted({0, n // 4 - 1, n // 2 - 1, (3 * n) // 4 - 1, n - 1} - {-1}
+                  | ({history.epochs.index(history.best_epoch)}
+                     if history.best_epoch in history.epochs else set()))
+    widths = [max(len(k), 8) for k in keys]
+    lines = ["  epoch  " + "  ".join(k.rjust(w) for k, w in zip(keys, widths))]
+    for i in rows:
+        cells = []
+        for key, width in zip(keys, widths):
+            value = history[key][i]
+            cells.append((f"{value:.3f}" if key.endswith("accuracy") else f"{value:.4f}")
+                         .rjust(width))
+        best = "  (best)" if history.epochs[i] == history.best_epoch and n > 1 else ""
+        lines.append(f"{history.epochs[i] + 1:7d}  " + "  ".join(cells) + best)
+    return lines
+
+
+def _figures(label: str, result: dict[str, float], n: int) -> str:
+    accuracy = f"  accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
+    return f"{label:<11} loss {result['loss']:.4f}{accuracy}  ({n} samples)"
+
+
+def _saved_path(path: str) -> str:
+    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+        return path + ".npz"
+    return path
+
+
+def train(args: Any) -> int:
+    from nnx.callbacks import EarlyStopping
+    from nnx.layers import Dense
+    from nnx.model import Sequential
+    from nnx.optimizers import get_optimizer
+
+    _check_output_path(args.out, "--out")
+    _check_output_path(args.plot, "--plot")
+    _check_plot_path(args.plot)
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1; received {args.epochs}.")
+    backend = get_backend(args.backend, args.device)
+    X, y, name = _load_data(args)
+    y = _labels(y, name)
+    n_classes = max(2, int(y.max()) + 1)
+    n_features = X.shape[1]
+    n_total = X.shape[0]
+
+    X_train, y_train = X, y
+    test = None
+    if args.test_size is not None:
+        X_train, X_test, y_train, y_test = datasets.train_test_split(
+            X, y, test_size=args.test_size, seed=args.seed, stratify=True)
+        test = (X_test, y_test)
+    split = args.validation_split
+    if split is None:
+        split = 0.2 if len(y_train) >= SMALL_DATA else 0.0
+    val = None
+    if split:
+        X_train, X_val, y_train, y_val = datasets.train_test_split(
+            X_train, y_train, test_size=split, seed=args.seed + 1, stratify=True)
+        val = (X_val, y_val)
+
+    # Every setting is checked before anything is printed or trained.
+    lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+    optimizer = get_optimizer(args.optimizer, lr=lr,
+                              schedule=_schedule(args.schedule, args.epochs))
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1; received {args.batch_size}.")
+    early_stopping = None
+    if args.early_stopping is not None:
+        early_stopping = EarlyStopping(patience=args.early_stopping)
+    sizes = [n_features, *args.hidden]
+    layers = [Dense(a, b, args.activation) for a, b in zip(sizes, sizes[1:])]
+    layers.append(Dense(sizes[-1], n_classes, "softmax"))
+    model = Sequential(layers, l2=args.l2, dtype=args.dtype, seed=args.seed, backend=backend)
+    batch = "full batch" if args.batch_size is None else f"batch size {args.batch_size}"
+    parts = [f"{len(y_train)} training"]
+    if val is not None:
+        parts.append(f"{len(val[1])} validation")
+    if test is not None:
+        parts.append(f"{len(test[1])} test")
+    schedule = f", {args.schedule} decay" if args.schedule else ""
+    print(f"backend  {_where(backend)}, {args.dtype}")
+    print(f"data     {name}: {n_total} samples, {n_features} features, {n_classes} classes; "
+          + ", ".join(parts))
+    print(f"model    {_architecture(model)} ({model.n_params} parameters), l2={args.l2:g}")
+    print(f"fit      {args.optimizer} lr={lr:g}{schedule}, {args.epochs} epochs, {batch}",
+          flush=True)
+
+    start = time.perf_counter()
+    history = model.fit(X_train, y_train, epochs=args.epochs, optimizer=optimizer,
+                        batch_size=args.batch_size, validation_data=val,
+                        callbacks=[] if early_stopping is None else [early_stopping],
+                        verbose=not args.quiet)
+    seconds = time.perf_counter() - start
+    sys.stderr.flush()
+    if not args.quiet:
+        print("\n".join(_table(history)))
+    print(f"trained {len(history)} epochs in {seconds:.1f} s")
+    watched = "validation" if val is not None else "training"
+    if history.stopped_epoch is not None:
+        print(f"stopped early: no better {watched} loss for {args.early_stopping} epochs")
+    if history.best_epoch is not None:
+        print(f"restored the weights of epoch {history.best_epoch + 1} (lowest {watched} "
+              "loss)")
+    print(_figures("training", model.evaluate(X_train, y_train), len(y_train)))
+    if val is not None:
+        print(_figures("validation", model.evaluate(*val), len(val[1])))
+    if test is not None:
+        print(_figures("test", model.evaluate(*test), len(test[1])))
+    if args.out is not None:
+        model.save(args.out)
+        print(f"saved model to {_saved_path(args.out)}")
+    if args.plot is not None:
+        title = f"{name}: {_architecture(model, arrow=' → ')}, {args.optimizer} lr={lr:g}"
+        what = _save_plot(args.plot, model, X, y, history, title)
+        print(f"saved plot to {args.plot} ({what})")
+    return 0
+
+
+def _save_plot(path: str, model: Any, X: np.ndarray, y: np.ndarray, history: Any,
+               title: str) -> str:
+    from matplotlib.figure import Figure
+
+    from nnx import plot
+
+    boundary = X.shape[1] == 2
+    panels = 3 if boundary else 2
+    fig = Figure(figsize=(5.2 * panels, 4.4), layout="constrained")
+    axes = fig.subplots(1, panels)
+    if boundary:
+        plot.decision_boundary(model, X, y, ax=axes[0], title="decision boundary")
+    plot.history(history, ax=list(axes[-2:]))
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    return "decision boundary, loss, accuracy" if boundary else "loss, accuracy"
+
+
+# -- nnx predict ------------------------------------------------------------------------------
+def _add_predict(sub: Any) -> None:
+    p = sub.add_parser(
+        "predict", help="apply a saved model to a CSV file",
+        description="Predict the class (and the class probabilities) of every row of a CSV "
+                    "file with a model saved by 'nnx train --out' or model.save().")
+    p.add_argument("model", metavar="MODEL.npz")
+    p.add_argument("data", metavar="DATA.csv",
+                   help="numeric CSV file with a header row, one column per feature")
+    p.add_argument("--target", metavar="COLUMN",
+                   help="a label column in the CSV: left out of the features and used to "
+                        "report the accuracy")
+    p.add_argument("--out", metavar="PRED.csv",
+                   help="write the predictions here (default: print them as CSV)")
+    _add_backend_options(p)
+    p.set_defaults(run=predict)
+
+
+def predict(args: Any) -> int:
+    import nnx
+
+    _check_output_path(args.out, "--out")
+    if not os.path.isfile(args.model):
+        raise ValueError(f"{args.model}: no such model file.")
+    model = nnx.load(args.model, backend=args.backend, device=args.device)
+    X, y, _ = datasets.load_csv(args.data, target=args.target)
+    if args.target is None and X.shape[1] == model.n_in + 1:
+        raise ValueError(f"{args.data} has {X.shape[1]} columns but the model takes "
+                         f"{model.n_in} features; name the label column with --target COLUMN.")
+    outputs = to_numpy(model.predict(X))
+    classifier = outputs.ndim == 1
+    if classifier:
+        proba = np.asarray(to_numpy(model.predict_proba(X)), np.float64)
+        if proba.shape[1] == 1:
+            header = ["prediction", "probability_1"]
+        else:
+            header = ["prediction"] + [f"probability_{j}" for j in range(proba.shape[1])]
+        rows = [[str(int(label))] + [f"{p:.6g}" for p in ps]
+                for label, ps in zip(outputs, proba)]
+    else:
+        values = np.asarray(outputs, np.float64)
+        header = [f"output_{j}" for j in range(values.shape[1])]
+        rows = [[f"{v:.6g}" for v in row] for row in values]
+
+    report = []
+    if y is not None:
+        if classifier:
+            accuracy = float(np.mean(outputs == y))
+            report.append(f"accuracy {accuracy:.3f} on {len(y)} rows ({args.target!r})")
+        elif values.shape[1] == 1:
+            mse = float(np.mean((values[:, 0] - y) ** 2))
+            report.append(f"mean squared error {mse:.6g} on {len(y)} rows ({args.target!r})")
+    if args.out is None:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        sys.stdout.flush()
+        for line in report:
+            print(line, file=sys.stderr)
+    else:
+        with open(args.out, "w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+        for line in report:
+            print(line)
+        print(f"wrote {len(rows)} predictions to {args.out}")
+    return 0
+
+
+# -- nnx info ---------------------------------------------------------------------------------
+def _add_info(sub: Any) -> None:
+    p = sub.add_parser("info", help="show the backend nnx would use and which ones work here",
+                       description="Show the backend nnx would use (from --backend or "
+                                   "NNX_BACKEND) and try every backend on this machine.")
+    _add_backend_options(p)
+    p.set_defaults(run=info)
+
+
+def _probe(name: str, device: Any = None) -> tuple[bool, str]:
+    """Whether `name` works here: resolve it and compute on one tiny array."""
+    try:
+        backend = get_backend(name, device)
+        xp = backend.xp
+        total = xp.sum(backend.asarray(np.arange(3.0), dtype=xp.float32))
+        if float(total) != 3.0:
+            return False, f"a test sum gave {float(total)} instead of 3"
+    except Exception as exc:  # noqa: BLE001 - any failure means "not usable", with its reason
+        return False, " ".join(str(exc).split()) or type(exc).__name__
+    return True, _where(backend)
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def info(args: Any) -> int:
+    import array_api_compat
+
+    import nnx
+
+    print(f"nnx {nnx.__version__} (numpy {np.__version__}, array-api-compat "
+          f"{array_api_compat.__version__}, python {sys.version.split()[0]})")
+    env = os.environ.get("NNX_BACKEND")
+    print(f"NNX_BACKEND  {env!r}" if env else "NNX_BACKEND  (unset)")
+    error = None
+    try:
+        selected = get_backend(args.backend, args.device)
+        details = nnx.backend_info(selected)
+    except (ValueError, TypeError, BackendError, ImportError) as exc:
+        error = exc
+    else:
+        float64 = "float64 supported" if details["float64_supported"] else "no float64"
+        print(f"selected     {_where(selected)} ({float64})")
+        if details["reason"]:
+            print(f"because      {details['reason']}")
+    print("backends here:")
+    candidates: list[tuple[str, str, Any]] = [("numpy", "numpy", None),
+                                              ("torch", "torch", None)]
+    if _torch_cuda():
+        candidates.append(("torch cuda", "torch", "cuda"))
+    candidates += [("array_api_strict", "array_api_strict", None), ("cupy", "cupy", None)]
+    width = max(len(label) for label, _, _ in candidates)
+    for label, name, device in candidates:
+        ok, detail = _probe(name, device)
+        print(f"  {label:<{width}}  {'yes' if ok else 'no ':3}  {detail}")
+    if error is not None:
+        raise error
+    return 0
+
+
+# -- nnx bench --------------------------------------------------------------------------------
+def bench(argv: Sequence[str]) -> int:
+    try:
+        module = importlib.import_module("nnx.bench")
+    except ModuleNotFoundError as exc:
+        if exc.name == "nnx.bench":
+            raise ImportError("'nnx bench' is not available: this installation of nnx has no "
+                              "nnx.bench module.") from None
+        raise
+    return int(module.main(list(argv)) or 0)
+
+
+# -- main -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from nnx import __version__
+
+    parser = _Parser(prog="nnx",
+                     description="Neural networks on NumPy, CuPy, PyTorch and array-api-strict.")
+    parser.add_argument("--version", action="version", version=f"nnx {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_train(sub)
+    _add_predict(sub)
+    _add_info(sub)
+    sub.add_parser("bench", help="run the benchmarks (nnx bench --help for their options)",
+                   add_help=False)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``nnx`` command with `argv` (default: ``sys.argv[1:]``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "bench":
+            return bench(argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return args.run(args)
+    except (UsageError, ValueError, TypeError, OSError, BackendError, ImportError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            # The reader of our output went away (| head): not an error of ours.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        print(f"nnx: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nnx: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The ``nnx`` command end to end, in subprocesses (``python -m nnx``) with NNX_BACKEND set:
+train, save, plot, predict, info, bench, and one-line errors with exit status 2."""
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import CANDIDATES, _resolve
+from helpers import host
+
+import nnx
+from nnx import cli
+
+HAS_IO = importlib.util.find_spec("nnx.io") is not None
+# The suite's backend (NNX_BACKEND=cupy on a GPU machine); numpy when unset.
+SELECTED = os.environ.get("NNX_BACKEND", "").strip() or "numpy"
+
+
+def nnx_cmd(*args, backend="numpy", cwd=None):
+    """Run ``python -m nnx ARGS`` with NNX_BACKEND=backend (unset for None)."""
+    env = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"}
+    if backend is not None:
+        env["NNX_BACKEND"] = backend
+    env["MPLBACKEND"] = "Agg"
+    return subprocess.run([sys.executable, "-m", "nnx", *map(str, args)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def table(stdout):
+    """The per-epoch table of ``nnx train``: {column: [values]} and the epoch numbers."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["epoch", "loss"])
+    header = lines[start].split()
+    rows = []
+    for line in lines[start + 1:]:
+        cells = line.split()
+        if not cells or not cells[0].isdigit():
+            break
+        rows.append([float(c) for c in cells[:len(header)]])
+    return {name: [row[j] for row in rows] for j, name in enumerate(header)}
+
+
+def figures(stdout, label):
+    """{'loss': ..., 'accuracy': ...} from a result line such as 'training  loss 0.1 ...'."""
+    line = next(line for line in stdout.splitlines() if line.startswith(label + " "))
+    words = line.split()
+    return {words[i]: float(words[i + 1]) for i in range(1, len(words) - 1)
+            if words[i] in ("loss", "accuracy")}
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_moons(tmp_path_factory):
+    """One ``nnx train`` on the suite's backend, saving the model and the plot."""
+    folder = tmp_path_factory.mktemp("train")
+    result = nnx_cmd("train", "--data", "moons", "--hidden", "4", "--epochs", "600",
+                     "--seed", "0", "--test-size", "0.2", "--out", folder / "moons.npz",
+                     "--plot", folder / "moons.png", backend=SELECTED)
+    if not HAS_IO:
+        assert result.returncode == 2 and "nnx.io" in result.stderr
+        pytest.skip("nnx.io (save/load) is not in this tree")
+    return folder, ok(result)
+
+
+def test_train_reports_backend_progress_results_and_files(trained_moons):
+    folder, out = trained_moons
+    backend = nnx.get_backend(SELECTED)
+    assert out.startswith(f"backend  {backend.name} ")
+    assert "data     moons: 200 samples, 2 features, 2 classes; 128 training, 32 validation, " \
+           "40 test" in out
+    assert "model    2 -> 4 tanh -> 2 softmax (22 parameters)" in out
+    epochs = table(out)
+    assert epochs["epoch"] == [1, 150, 300, 450, 600]
+    assert epochs["loss"][-1] < 0.5 * epochs["loss"][0]  # the loss goes down
+    assert "trained 600 epochs in " in out
+    train, val, test = (figures(out, label) for label in ("training", "validation", "test"))
+    assert train["accuracy"] >= 0.9 and val["accuracy"] >= 0.8 and test["accuracy"] >= 0.8
+    assert f"saved model to {folder / 'moons.npz'}" in out
+    assert f"saved plot to {folder / 'moons.png'} (decision boundary, loss, accuracy)" in out
+
+
+def test_train_plot_is_a_picture(trained_moons):
+    from test_plot import assert_png
+
+    folder, _ = trained_moons
+    width, height = assert_png(folder / "moons.png", min_width=900, min_height=300)
+    assert width > 2.5 * height  # three panels side by side
+
+
+def test_saved_model_loads_and_predicts(trained_moons):
+    folder, out = trained_moons
+    model = nnx.load(folder / "moons.npz")
+    assert (model.n_in, model.n_out) == (2, 2)
+    assert [layer.n_out for layer in model.layers] == [4, 2]
+    X, y = nnx.datasets.make_moons(200, seed=0)
+    X_train, _, y_train, _ = nnx.datasets.train_test_split(X, y, 0.2, seed=0, stratify=True)
+    X_train, _, y_train, _ = nnx.datasets.train_test_split(X_train, y_train, 0.2, seed=1,
+                                                           stratify=True)
+    # the very figure the command printed, recomputed from the file
+    assert model.accuracy(X_train, y_train) == pytest.approx(figures(out, "training")
+                                                             ["accuracy"], abs=1e-3)
+
+
+def test_predict_writes_predictions_and_reports_accuracy(trained_moons, tmp_path):
+    folder, _ = trained_moons
+    X, y = nnx.datasets.make_moons(60, seed=7)
+    data = write_csv(tmp_path / "points.csv", ["x1", "x2", "label"],
+                     [[repr(a), repr(b), int(c)] for (a, b), c in zip(X.tolist(), y)])
+    out = ok(nnx_cmd("predict", folder / "moons.npz", data, "--target", "label", "--out",
+                     tmp_path / "pred.csv"))
+    with open(tmp_path / "pred.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["prediction", "probability_0", "probability_1"]
+    assert len(rows) == 61
+    labels = np.array([int(row[0]) for row in rows[1:]])
+    proba = np.array([[float(p) for p in row[1:]] for row in rows[1:]])
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(labels, proba.argmax(axis=1))
+    model = nnx.load(folder / "moons.npz")
+    np.testing.assert_array_equal(labels, host(model.predict(X)))
+    assert f"accuracy {np.mean(labels == y):.3f} on 60 rows ('label')" in out
+    assert f"wrote 60 predictions to {tmp_path / 'pred.csv'}" in out
+
+    # without --out: the CSV on stdout, the accuracy on stderr; a features-only file works
+    features = write_csv(tmp_path / "features.csv", ["x1", "x2"], X[:5].tolist())
+    result = nnx_cmd("predict", folder / "moons.npz", features, backend="array_api_strict")
+    lines = ok(result).splitlines()
+    assert lines[0] == "prediction,probability_0,probability_1" and len(lines) == 6
+    assert [int(line.split(",")[0]) for line in lines[1:]] == list(labels[:5])
+    assert result.stderr == ""
+
+
+def test_predict_with_the_label_column_left_in_says_to_name_it(trained_moons, tmp_path):
+    folder, _ = trained_moons
+    data = write_csv(tmp_path / "points.csv", ["x1", "x2", "label"], [[0.1, 0.2, 1]])
+    result = nnx_cmd("predict", folder / "moons.npz", data)
+    assert result.returncode == 2
+    assert "--target COLUMN" in result.stderr and "Traceback" not in result.stderr
+
+
+def available(ids):
+    out = []
+    for id_, name, device in CANDIDATES:
+        wanted = os.environ.get("NNX_BACKEND", "").strip().lower()
+        if id_ in ids and wanted in ("", "auto", name) and _resolve(name, device)[0]:
+            out.append(pytest.param(name, device, id=id_))
+    return out
+
+
+@pytest.mark.parametrize("name,device", available({"numpy", "strict-device1", "torch-cpu",
+                                                    "cupy"}))
+def test_train_runs_on_every_backend(name, device, tmp_path):
+    """Including strict's device1, whose arrays reach NumPy only through nnx.to_numpy."""
+    args = ["train", "--data", "spiral", "--samples", "90", "--hidden", "8", "--optimizer",
+            "adam", "--epochs", "30", "--quiet", "--plot", tmp_path / "spiral.png",
+            "--backend", name]
+    if device is not None:
+        args += ["--device", device]
+    out = ok(nnx_cmd(*args, backend=None))
+    first = out.splitlines()[0]
+    assert first.startswith(f"backend  {name} ") and first.endswith(", float32")
+    where = {"numpy": " on cpu", "array_api_strict": " on device1", "torch": " on cpu",
+             "cupy": "(cuda:0)"}[name]
+    assert where in first
+    assert "3 classes" in out and "  epoch" not in out  # --quiet: no table
+    assert "saved plot to" in out and (tmp_path / "spiral.png").stat().st_size > 10_000
+
+
+def test_train_digits_with_a_test_set_and_early_stopping():
+    pytest.importorskip("sklearn")
+    out = ok(nnx_cmd("train", "--data", "digits", "--hidden", "32", "--optimizer", "adam",
+                     "--lr", "0.01", "--epochs", "200", "--batch-size", "64",
+                     "--test-size", "0.25", "--early-stopping", "3"))
+    assert "digits: 1797 samples, 64 features, 10 classes" in out
+    assert "stopped early: no better validation loss for 3 epochs" in out
+    best = int(out.split("restored the weights of epoch ")[1].split()[0])
+    assert f"{best:7d}  " in out and "(best)" in out
+    assert figures(out, "test")["accuracy"] >= 0.9
+    assert "(450 samples)" in out
+
+
+def test_info_lists_the_backends():
+    out = ok(nnx_cmd("info"))
+    assert out.startswith(f"nnx {nnx.__version__} (numpy {np.__version__}")
+    assert "selected     numpy" in out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()
+            if line.startswith("  ")}
+    assert rows["numpy"] == "yes"
+    assert set(rows) >= {"numpy", "torch", "array_api_strict", "cupy"}
+    assert set(rows.values()) <= {"yes", "no"}
+    cupy_usable = _resolve("cupy", None)[0] is not None
+    assert rows["cupy"] == ("yes" if cupy_usable else "no")
+
+
+def test_info_with_a_bad_nnx_backend_still_lists_the_backends():
+    result = nnx_cmd("info", backend="bogus")
+    assert result.returncode == 2
+    assert result.stderr.startswith("nnx: error: NNX_BACKEND='bogus' is not a backend")
+    assert len(result.stderr.splitlines()) == 1
+    assert "  numpy" in result.stdout
+
+
+@pytest.fixture
+def bad_csv(tmp_path):
+    return write_csv(tmp_path / "bad.csv", ["x1", "x2", "label"], [[1, 2, 0], [3, "abc", 1]])
+
+
+ERRORS = [
+    (["train", "--data", "nosuch"], "numpy", "data set 'nosuch' is unknown"),
+    (["train", "--lr", "-1", "--epochs", "2"], "numpy", "lr must be finite and > 0"),
+    (["train", "--lr", "abc"], "numpy", "argument --lr: invalid float value: 'abc'"),
+    (["train", "--hidden", "0"], "numpy", "n_out must be an integer >= 1"),
+    (["train", "--epochs", "0"], "numpy", "--epochs must be >= 1"),
+    (["train", "--data", "missing.csv", "--target", "y"], "numpy", "cannot read the CSV"),
+    (["train", "--data", "BAD", "--target", "label"], "numpy",
+     "line 3, column 'x2': 'abc' is not a number"),
+    (["train", "--data", "BAD"], "numpy", "name its label column with --target COLUMN"),
+    (["train", "--data", "digits", "--samples", "10"], "numpy", "--data digits is fixed"),
+    (["train", "--plot", "out.xyz"], "numpy", "matplotlib cannot write .xyz files"),
+    (["train", "--out", "no/such/folder/m.npz"], "numpy", "does not exist"),
+    (["train", "--epochs", "2"], "bogus", "NNX_BACKEND='bogus' is not a backend"),
+    (["train", "--dtype", "float64", "--backend", "array_api_strict", "--device",
+      "no_float64"], "numpy", "float64' is not available"),
+    (["predict", "missing.npz", "BAD"], "numpy", "missing.npz: no such model file"),
+    (["predict", "JUNK", "BAD"], "numpy", "junk.npz: it is not a zip (.npz) archive"),
+    (["frobnicate"], "numpy", "invalid choice: 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize("args,backend,message", ERRORS,
+                         ids=[" ".join(args) + f" [{be}]" for args, be, _ in ERRORS])
+def test_errors_are_one_line_with_status_2(args, backend, message, bad_csv, tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"not a model")
+    args = [{"BAD": str(bad_csv), "JUNK": str(tmp_path / "junk.npz")}.get(a, a) for a in args]
+    result = nnx_cmd(*args, backend=backend, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("nnx: error: ")
+    assert message in lines[0]
+    assert result.stdout == ""
+
+
+def test_no_command_prints_the_help_and_version_works():
+    result = nnx_cmd()
+    assert result.returncode == 2 and "train" in result.stderr and "predict" in result.stderr
+    assert ok(nnx_cmd("--version")).strip() == f"nnx {nnx.__version__}"
+
+
+def test_bench_delegates_every_argument(monkeypatch):
+    seen = []
+    fake = type(sys)("nnx.bench")
+    fake.main = lambda argv: seen.append(argv) or 3
+    monkeypatch.setitem(sys.modules, "nnx.bench", fake)
+    assert cli.main(["bench", "--quick", "--help", "x"]) == 3
+    assert seen == [["--quick", "--help", "x"]]
+
+
+def test_bench_missing_is_a_clean_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "nnx.bench", None)
+    assert cli.main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert err == "nnx: error: 'nnx bench' is not available: this installation of nnx has " \
+                  "no nnx.bench module.\n"
