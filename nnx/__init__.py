@@ -11,7 +11,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.1.0.dev0"
 
-from nnx import activations, datasets, losses, optimizers
+from nnx import activations, cuda, datasets, losses, optimizers
 from nnx.backend import Backend, BackendError, backend_info, get_backend, to_numpy, use_backend
 from nnx.callbacks import Callback, EarlyStopping, History
 from nnx.io import ModelFileError
@@ -22,8 +22,8 @@ from nnx.optimizers import SGD, Adam, ExponentialDecay, InverseTimeDecay, StepDe
 __all__ = [
     "Adam", "Backend", "BackendError", "Callback", "Dense", "EarlyStopping",
     "ExponentialDecay", "History", "InverseTimeDecay", "ModelFileError", "NonFiniteLossError",
-    "SGD", "Sequential", "StepDecay", "__version__", "activations", "backend_info", "datasets",
-    "get_backend", "load", "losses", "optimizers", "to_numpy", "use_backend",
+    "SGD", "Sequential", "StepDecay", "__version__", "activations", "backend_info", "cuda",
+    "datasets", "get_backend", "load", "losses", "optimizers", "to_numpy", "use_backend",
 ]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from nnx.activations import Activation, get_activation
 from nnx.backend import Backend, get_backend
+from nnx.cuda import fast_activation
 from nnx.init import SCHEMES, draw_weights
 
 
@@ -71,6 +72,8 @@ class Dense:
               rng: np.random.Generator | int | None = 0) -> Dense:
         """Draw ``W`` on the host with `rng`, zero ``b``, and move both to `backend`."""
         self.backend = get_backend(backend)
+        # On CuPy, the fused backward kernel (the same function: tests/test_cuda.py).
+        self.activation = fast_activation(self.activation, self.backend)
         self.dtype = self.backend.dtype(dtype)
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         W = draw_weights(rng, self.n_in, self.n_out, self.init, self.activation.name)

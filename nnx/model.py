@@ -17,6 +17,7 @@ import numpy as np
 
 from nnx.backend import Backend, get_backend, to_numpy
 from nnx.callbacks import Callback, EarlyStopping, History
+from nnx.cuda import fast_loss, translate_memory_errors
 from nnx.layers import Dense
 from nnx.losses import Loss, default_loss, get_loss
 from nnx.optimizers import Optimizer, get_optimizer, get_schedule
@@ -137,7 +138,8 @@ class Sequential:
                     f"{layer.dtype}; this model uses {self.backend.name} {self.dtype_name}."
                 )
         self.layers = layers
-        self.loss_fn = loss_obj
+        # On CuPy, the fused loss-and-gradient kernel (the same function: tests/test_cuda.py).
+        self.loss_fn = fast_loss(loss_obj, self.backend)
         self.optimizer: Optimizer | None = None
         self.history: History | None = None
         self.epochs_trained = 0
@@ -512,8 +514,26 @@ class Sequential:
             sync_every = 1
         history = History()
         self.history = history
-        return _Trainer(self, Xd, Y, labels, val, epochs, batch_size, shuffle, callbacks,
-                        verbose, sync_every).run()
+        trainer = _Trainer(self, Xd, Y, labels, val, epochs, batch_size, shuffle, callbacks,
+                           verbose, sync_every)
+        with translate_memory_errors("Sequential.fit", lambda: self._memory_shapes(
+                trainer.batch), self.backend, self.dtype_name):
+            return trainer.run()
+
+    def _memory_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        """The per-batch arrays of a training step, for an out-of-memory message."""
+        shapes = {"X batch": (batch, self.n_in)}
+        for i, layer in enumerate(self.layers):
+            shapes[f"layers[{i}] W"] = (layer.n_in, layer.n_out)
+            shapes[f"layers[{i}] output"] = (batch, layer.n_out)
+        return shapes
+
+    def capture_step(self, X: Any, y: Any, optimizer: Any = None, lr: float | None = None):
+        """One full-batch training step captured as a CUDA graph (cupy only); see
+        :func:`nnx.cuda.capture_step`. ``loss = step()`` trains; ``step.sync_to_model()``."""
+        from nnx.cuda import capture_step
+
+        return capture_step(self, X, y, optimizer=optimizer, lr=lr)
 
     def _make_optimizer(self, optimizer: Any, lr: Any, schedule: Any, where: str) -> Optimizer:
         if lr is not None:
@@ -538,9 +558,11 @@ class Sequential:
         xp = self.xp
         n = X.shape[0]
         step = self._chunks(n, batch_size).step
-        if n <= step:
-            return fn(X)
-        return xp.concat([fn(X[rows, ...]) for rows in _row_slices(n, step)], axis=0)
+        with translate_memory_errors("Sequential.predict", lambda: self._memory_shapes(
+                min(n, step)), self.backend, self.dtype_name):
+            if n <= step:
+                return fn(X)
+            return xp.concat([fn(X[rows, ...]) for rows in _row_slices(n, step)], axis=0)
 
     def _proba(self, logits: Any) -> Any:
         return self.layers[-1].activation.forward(self.xp, logits)

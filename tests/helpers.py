@@ -1,10 +1,64 @@
-"""Shared test helpers: finite differences and host conversion."""
+"""Shared test helpers: the backend candidates, checks on arrays, finite differences.
+
+(Kept out of conftest.py: `pytest tests bench` sees two conftest modules, and an
+`import conftest` would pick up the wrong one.)
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 import nnx
+from nnx.backend import BackendError
+
+# (id, backend name, device)
+CANDIDATES = [
+    ("numpy", "numpy", None),
+    ("strict-cpu", "array_api_strict", "CPU_DEVICE"),
+    ("strict-device1", "array_api_strict", "device1"),
+    ("strict-no_float64", "array_api_strict", "no_float64"),
+    ("torch-cpu", "torch", "cpu"),
+    ("cupy", "cupy", None),
+]
+
+
+def resolve(name, device):
+    try:
+        return nnx.get_backend(name, device), None
+    except (BackendError, ImportError) as exc:
+        return None, str(exc)
+
+
+def tolerance(dtype_name: str) -> float:
+    """Relative tolerance for comparing a backend's result with a float64 NumPy reference."""
+    return 1e-10 if dtype_name == "float64" else 2e-5
+
+
+def assert_on_backend(array, backend, dtype_name=None, shape=None):
+    """Namespace, device, shape and dtype checks, before any value is compared."""
+    assert backend.owns(array), f"{type(array)} is not an array of {backend.name}"
+    import array_api_compat
+
+    assert array_api_compat.device(array) == backend.device
+    if shape is not None:
+        assert tuple(array.shape) == tuple(shape)
+    if dtype_name is not None:
+        assert array.dtype == getattr(backend.xp, dtype_name)
+
+
+def available_cpu_backends():
+    """Backends that support float64 and are usable here, for cross-backend comparisons."""
+    out = []
+    for _, name, device in CANDIDATES:
+        if name == "cupy" or device == "no_float64":
+            continue
+        resolved, _ = resolve(name, device)
+        if resolved is not None:
+            out.append(resolved)
+    return out
+
+
+
 
 
 def host(array) -> np.ndarray:

@@ -5,8 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import assert_on_backend, tolerance
-from helpers import central_difference, host, relative_error
+from helpers import assert_on_backend, central_difference, host, relative_error, tolerance
 
 from nnx import activations as A
 

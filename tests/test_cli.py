@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CANDIDATES, _resolve
-from helpers import host
+from helpers import CANDIDATES, host
+from helpers import resolve as _resolve
 
 import nnx
 from nnx import cli

@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import assert_on_backend, available_cpu_backends, tolerance
+from helpers import assert_on_backend, available_cpu_backends, tolerance
 
 import nnx
 import nnx.io

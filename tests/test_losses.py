@@ -5,8 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import assert_on_backend
-from helpers import central_difference, host, relative_error
+from helpers import assert_on_backend, central_difference, host, relative_error
 
 from nnx import losses as L
 

@@ -3,8 +3,13 @@ tutorials' networks, and identical results across backends for one seed."""
 
 import numpy as np
 import pytest
-from conftest import assert_on_backend, available_cpu_backends
-from helpers import central_difference, host, relative_error
+from helpers import (
+    assert_on_backend,
+    available_cpu_backends,
+    central_difference,
+    host,
+    relative_error,
+)
 
 import nnx
 

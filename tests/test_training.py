@@ -3,8 +3,7 @@ and callbacks, on every backend."""
 
 import numpy as np
 import pytest
-from conftest import assert_on_backend, available_cpu_backends
-from helpers import host
+from helpers import assert_on_backend, available_cpu_backends, host
 
 import nnx
 
