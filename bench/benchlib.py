@@ -1,0 +1,183 @@
+"""Shared pieces of the benchmarks: the backends, what a result records, and checks.
+
+Imported by ``bench/conftest.py`` and the ``bench/test_bench_*.py`` modules (pytest puts
+``bench/`` on ``sys.path``, as for any test folder without ``__init__.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from typing import Any
+
+import array_api_compat
+import numpy as np
+import pytest
+
+import nnx
+from nnx.backend import BackendError, to_numpy
+
+# (id, nnx backend name, device)
+CANDIDATES = [
+    ("numpy", "numpy", None),
+    ("torch-cpu", "torch", "cpu"),
+    ("strict-cpu", "array_api_strict", "CPU_DEVICE"),
+    ("cupy", "cupy", None),
+    ("torch-cuda", "torch", "cuda"),
+]
+BACKEND_IDS = tuple(c[0] for c in CANDIDATES)
+
+
+def selected_backend_ids(config: pytest.Config) -> list[str]:
+    raw = config.getoption("bench_backends")
+    if not raw:
+        return list(BACKEND_IDS)
+    wanted = [part.strip() for part in raw.split(",") if part.strip()]
+    unknown = [w for w in wanted if w not in BACKEND_IDS]
+    if unknown:
+        raise pytest.UsageError(f"--bench-backends: {', '.join(unknown)} unknown; choose from: "
+                                f"{', '.join(BACKEND_IDS)}.")
+    return wanted
+
+
+# -- backends -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class BenchBackend:
+    """An nnx backend resolved for benchmarking, with what the results should record."""
+
+    id: str
+    backend: nnx.Backend
+    on_gpu: bool
+
+    def info(self) -> dict[str, Any]:
+        """Backend, device, library versions and TF32 state, for ``benchmark.extra_info``."""
+        return {
+            "backend": self.id,
+            "nnx_backend": self.backend.name,
+            "device": str(self.backend.device),
+            "device_name": self.backend.device_name(),
+            "device_kind": "gpu" if self.on_gpu else "cpu",
+            "library": self.backend.name,
+            "library_version": self.backend.library_version(),
+            "tf32": tf32_allowed(self.id),
+            **environment_info(),
+        }
+
+
+def tf32_allowed(backend_id: str) -> bool:
+    """Whether float32 matrix products may use TF32 (only ever on a CUDA device)."""
+    if backend_id == "cupy":
+        # CuPy reads CUPY_TF32 once, at its first float32 matmul.
+        return os.environ.get("CUPY_TF32", "0").strip() not in ("", "0")
+    if backend_id == "torch-cuda":
+        import torch
+
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    return False
+
+
+_thread_limit: list[Any] = []  # keeps the threadpoolctl limit alive for the session
+
+
+def limit_threads(threads: int) -> None:
+    """Limit every BLAS/OpenMP pool loaded now (and torch's) to `threads`."""
+    if threads < 1:
+        raise pytest.UsageError(f"--bench-threads={threads}: expected an integer >= 1.")
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    try:  # threadpoolctl limits the pools loaded so far: load scikit-learn's (SciPy's) too
+        import sklearn.neural_network  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError as exc:
+        raise pytest.UsageError(f"--bench-threads needs threadpoolctl ({exc}).") from None
+    _thread_limit.append(threadpool_limits(limits=threads))
+
+
+def blas_threads() -> str:
+    """``library:threads`` of each BLAS/OpenMP pool loaded (via threadpoolctl, if present)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown"
+    return ", ".join(f"{p.get('internal_api')}:{p.get('num_threads')}" for p in threadpool_info())
+
+
+def environment_info() -> dict[str, Any]:
+    info = {
+        "nnx": nnx.__version__,
+        "numpy": np.__version__,
+        "array_api_compat": array_api_compat.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "blas_threads": blas_threads(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def resolve_backend(backend_id: str) -> BenchBackend:
+    """Resolve a backend id from :data:`CANDIDATES`, or skip the test with the reason."""
+    _, name, device = next(c for c in CANDIDATES if c[0] == backend_id)
+    if backend_id == "torch-cuda":
+        try:
+            import torch
+        except ImportError as exc:
+            pytest.skip(f"torch-cuda unavailable: torch is not installed ({exc})")
+        if not torch.cuda.is_available():
+            pytest.skip("torch-cuda unavailable: torch.cuda.is_available() is False")
+    try:
+        backend = nnx.get_backend(name, device)
+    except (BackendError, ImportError) as exc:
+        pytest.skip(f"{backend_id} unavailable: {exc}")
+    on_gpu = name == "cupy" or str(backend.device).startswith("cuda")
+    return BenchBackend(backend_id, backend, on_gpu)
+
+
+
+def warm_up(fn: Any, calls: int = 2) -> None:
+    """Call `fn` before timing: pytest-benchmark warms up by itself only on PyPy, and the
+    first calls pay for allocation, kernel compilation and (on CUDA) handle creation."""
+    for _ in range(calls):
+        fn()
+
+
+def tolerance(dtype_name: str, tf32: bool = False) -> float:
+    """Error allowed relative to the largest reference value (float64 NumPy reference)."""
+    if dtype_name == "float64":
+        return 1e-10
+    return 5e-3 if tf32 else 1e-4
+
+
+def assert_close(actual: Any, reference: np.ndarray, tol: float, what: str) -> None:
+    """`actual` (any backend) equals the float64 `reference` within ``tol * max|reference|``."""
+    got = np.asarray(to_numpy(actual), dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    assert got.shape == reference.shape, f"{what}: shape {got.shape} != {reference.shape}"
+    scale = float(np.max(np.abs(reference))) or 1.0
+    np.testing.assert_allclose(got, reference, rtol=0, atol=tol * scale, err_msg=what)
+
+
+def record_throughput(benchmark: Any, flops: float) -> None:
+    """Add GFLOP/s at the minimum and median round time to ``benchmark.extra_info``."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:  # --benchmark-disable: nothing was timed
+        return
+    for name in ("min", "median"):
+        seconds = getattr(stats.stats, name)
+        if seconds > 0:
+            benchmark.extra_info[f"gflops_{name}"] = flops / seconds / 1e9

@@ -1,0 +1,126 @@
+"""The report code of ``nnx bench`` on a tiny fake pytest-benchmark JSON (no measuring)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nnx import bench
+
+
+def _core(backend, dtype, hidden, impl, seconds, kind="cpu", batch=4096):
+    return {
+        "name": f"test_dense_core[{backend}-{impl}-{dtype}-H{hidden}]",
+        "stats": {"min": seconds, "median": seconds * 2, "mean": seconds * 2},
+        "extra_info": {"kind": "core", "backend": backend, "dtype": dtype, "hidden": hidden,
+                       "batch": batch, "impl": impl, "flops": 6 * batch * hidden * hidden,
+                       "device_kind": kind, "device_name": "Fake GPU" if kind == "gpu" else "cpu",
+                       "tf32": False, "library": backend, "library_version": "1.0"},
+    }
+
+
+def _train(config, impl, seconds):
+    return {
+        "name": f"test_step[{config}-{impl}]",
+        "stats": {"min": seconds, "median": seconds, "mean": seconds},
+        "extra_info": {"kind": "train", "config": config, "impl": impl, "dtype": "float32",
+                       "batch": 4096, "sizes": [64, 256, 256, 10]},
+    }
+
+
+def fake_json(with_gpu: bool = False) -> dict:
+    flops_256 = 6 * 4096 * 256 * 256  # 1.61e9: 1 s is 1.61 GFLOP/s
+    benches = [
+        _core("numpy", "float32", 16, "nnx", 1e-3), _core("numpy", "float32", 16, "raw", 5e-4),
+        _core("numpy", "float32", 256, "nnx", 1.0), _core("numpy", "float32", 256, "raw", 0.95),
+        _core("torch-cpu", "float32", 256, "nnx", 0.5),
+        _core("torch-cpu", "float32", 256, "raw", 0.4),
+        _train("moons", "numpy-hand", 1e-4), _train("moons", "nnx-numpy", 2e-4),
+        _train("moons", "sklearn", 1e-3),
+        _train("wide-H256", "numpy-hand", 0.010), _train("wide-H256", "nnx-numpy", 0.0105),
+        _train("wide-H256", "torch-hand", 0.008), _train("wide-H256", "nnx-torch", 0.0085),
+        _train("wide-H256", "sklearn", 0.02),
+    ]
+    if with_gpu:
+        benches += [_core("cupy", "float32", 16, "nnx", 2e-3, "gpu"),
+                    _core("cupy", "float32", 16, "raw", 2e-3, "gpu"),
+                    _core("cupy", "float32", 256, "nnx", 0.01, "gpu"),
+                    _core("cupy", "float32", 256, "raw", 0.01, "gpu")]
+    assert flops_256 == benches[2]["extra_info"]["flops"]
+    return {"benchmarks": benches, "datetime": "2026-01-01T00:00:00",
+            "machine_info": {"cpu": {"brand_raw": "Fake CPU", "count": 2}}}
+
+
+def test_core_rows_share_gflops_and_speedup():
+    rows = bench.core_rows(fake_json())
+    assert [(r["backend"], r["hidden"]) for r in rows] == [
+        ("numpy", 16), ("numpy", 256), ("torch-cpu", 256)]
+    numpy256, torch256 = rows[1], rows[2]
+    assert numpy256["share"] == pytest.approx(0.95)
+    assert numpy256["nnx_gflops"] == pytest.approx(6 * 4096 * 256 * 256 / 1e9)
+    assert numpy256["vs_numpy"] == pytest.approx(1.0)
+    assert torch256["share"] == pytest.approx(0.8)
+    assert torch256["vs_numpy"] == pytest.approx(2.0)
+
+
+def test_core_rows_uses_the_requested_statistic():
+    by_min = bench.core_rows(fake_json(), "min")[1]
+    by_median = bench.core_rows(fake_json(), "median")[1]
+    assert by_median["nnx_s"] == pytest.approx(2 * by_min["nnx_s"])
+
+
+def test_crossover_without_and_with_a_gpu():
+    assert bench.crossover(bench.core_rows(fake_json())) == {"all": "no GPU in this run"}
+    # The fake GPU loses at H=16 (2 ms vs 1 ms) and wins at H=256 (10 ms vs 0.5 s).
+    assert bench.crossover(bench.core_rows(fake_json(with_gpu=True))) == {"float32": "H >= 256"}
+
+
+def test_train_rows_ratios():
+    rows = {(r["config"], r["impl"]): r for r in bench.train_rows(fake_json())}
+    assert rows["moons", "nnx-numpy"]["vs_numpy-hand"] == pytest.approx(2.0)
+    assert rows["moons", "nnx-numpy"]["vs_torch-hand"] is None
+    assert rows["wide-H256", "nnx-torch"]["vs_torch-hand"] == pytest.approx(0.0085 / 0.008)
+    assert rows["wide-H256", "nnx-numpy"]["vs_sklearn"] == pytest.approx(0.525)
+    assert list(rows)[0][0] == "moons"
+
+
+def test_targets_verdicts():
+    data = fake_json()
+    verdicts = bench.targets(bench.core_rows(data), bench.train_rows(data))
+    assert [v for _, v, _ in verdicts] == ["MISSED", "MISSED", "met", "met"]
+    assert "torch-cpu float32 H=256: 80%" in verdicts[0][2]
+    assert "moons: 2.00x (limit 1.50x)" in verdicts[1][2]
+    empty = bench.targets([], [])
+    assert {v for _, v, _ in empty} == {"not measured"}
+
+
+def test_render_report_and_format_time():
+    text = bench.render_report(fake_json())
+    assert "| numpy" in text and "95%" in text and "no GPU in this run" in text
+    assert "wide-H256" in text and "**MISSED**" in text and "Fake CPU" in text
+    assert bench.format_time(0.0105) == "10.5 ms"
+    assert bench.format_time(2e-4) == "200 µs"
+    assert bench.format_time(None) == "-"
+
+
+def test_main_report_only_writes_report_and_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    (tmp_path / bench.JSON_NAME).write_text(json.dumps(fake_json(with_gpu=True)))
+    assert bench.main(["--report-only", "--out", str(tmp_path)]) == 0
+    assert "GPU beats CPU (float32): H >= 256" in capsys.readouterr().out
+    assert (tmp_path / bench.REPORT_NAME).read_text(encoding="utf-8").startswith("# nnx")
+    assert (tmp_path / bench.PLOT_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_without_json_or_bench_dir(tmp_path):
+    assert bench.main(["--report-only", "--out", str(tmp_path)]) == 2
+    assert bench.main(["--out", str(tmp_path), "--bench-dir", str(tmp_path)]) == 2
+
+
+def test_pytest_arguments_pass_options_through(tmp_path):
+    args = bench.parse_args(["--quick", "--backends", "numpy", "--only", "core", "--", "-x"])
+    cmd = bench.pytest_arguments(args, tmp_path, tmp_path / "b.json")
+    assert cmd[0].endswith("test_bench_core.py")
+    assert "--bench-quick" in cmd and "--bench-backends=numpy" in cmd and cmd[-1] == "-x"
+    assert f"--benchmark-json={tmp_path / 'b.json'}" in cmd
