@@ -25,6 +25,7 @@ import numpy as np
 
 from nnx import datasets
 from nnx.backend import CHOICES, BackendError, get_backend, to_numpy
+from nnx.io import write_atomically
 
 GENERATED = ("moons", "circles", "spiral")
 DEFAULT_LR = {"sgd": 0.5, "momentum": 0.05, "nesterov": 0.05, "adam": 0.01}
@@ -363,7 +364,9 @@ def _save_plot(path: str, model: Any, X: np.ndarray, y: np.ndarray, history: Any
         plot.decision_boundary(model, X, y, ax=axes[0], title="decision boundary")
     plot.history(history, ax=list(axes[-2:]))
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    ext = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    write_atomically(path, lambda handle: fig.savefig(handle, format=ext, dpi=100),
+                     "nnx train --plot")
     return "decision boundary, loss, accuracy" if boundary else "loss, accuracy"
 
 
@@ -427,10 +430,12 @@ def predict(args: Any) -> int:
         for line in report:
             print(line, file=sys.stderr)
     else:
-        with open(args.out, "w", newline="") as handle:
+        def write(handle: Any) -> None:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(header)
             writer.writerows(rows)
+
+        write_atomically(args.out, write, "nnx predict --out", text=True)
         for line in report:
             print(line)
         print(f"wrote {len(rows)} predictions to {args.out}")

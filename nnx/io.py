@@ -68,26 +68,43 @@ def save(model: Any, path: str | os.PathLike) -> None:
     ValueError
         A parameter is NaN or inf (nothing is written).
     """
+    arrays = _arrays_of(model)
+    # A file object, so that numpy does not append ".npz" to the name.
+    write_atomically(path, lambda handle: _write_npz(handle, arrays), "nnx.save")
+
+
+def write_atomically(path: str | os.PathLike, write: Any, where: str, text: bool = False) -> None:
+    """Call ``write(handle)`` on a temporary file beside `path`, then rename it over `path`.
+
+    An error, a crash or Ctrl-C inside `write` leaves the previous file (or no file) at `path`
+    and no temporary file behind. Used for models, predictions and figures alike.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write; its folder must exist.
+    write : callable
+        Receives the open file (binary, or text with ``newline=''`` when `text`).
+    where : str
+        Names the caller in error messages (``nnx.save``, ``nnx predict --out``).
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"nnx.save: cannot write {path}: the folder {folder} does not "
+        raise FileNotFoundError(f"{where}: cannot write {path}: the folder {folder} does not "
                                 "exist; create it first (os.makedirs).")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"nnx.save: {path} is a folder; give a file name such as "
-                                f"{os.path.join(path, 'model.npz')}.")
-    arrays = _arrays_of(model)
+        raise IsADirectoryError(f"{where}: {path} is a folder; give a file name inside it.")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
-        # A file object, so that numpy does not append ".npz" to the name.
-        with os.fdopen(fd, "wb") as handle:
-            _write_npz(handle, arrays)
+        mode = {"mode": "w", "newline": "", "encoding": "utf-8"} if text else {"mode": "wb"}
+        with os.fdopen(fd, **mode) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give open()'s usual mode
         os.replace(tmp, path)
     except BaseException:
-        # Ctrl-C included: the previous file stays as it was and no temporary file is left.
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise

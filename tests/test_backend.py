@@ -150,3 +150,46 @@ def test_simulated_accelerator_refuses_host_conversion_like_cupy():
     array = backend.asarray(np.ones((2, 2)))
     with pytest.raises(RuntimeError, match="Can't convert array on the"):
         np.asarray(array)
+
+
+FAKE_CUPY = '''
+"""A stand-in for CuPy installed on a machine whose driver is missing: it imports, and fails
+at the first CUDA call, as the real one does there."""
+
+
+class CUDARuntimeError(RuntimeError):
+    pass
+
+
+class _Runtime:
+    @staticmethod
+    def getDeviceCount():
+        raise CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is "
+                               "insufficient for CUDA runtime version")
+
+
+class cuda:
+    runtime = _Runtime()
+'''
+
+
+def test_env_cupy_installed_without_a_driver_names_the_cuda_error(tmp_path):
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "cupy" / "__init__.py").write_text(FAKE_CUPY)
+    env = {k: v for k, v in os.environ.items() if k != "NNX_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    for value in ("cupy", "auto"):
+        env["NNX_BACKEND"] = value
+        result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                                text=True, timeout=120)
+        if value == "cupy":
+            assert result.returncode != 0
+            last = result.stderr.strip().splitlines()[-1]
+            assert last.startswith("nnx.backend.BackendError: NNX_BACKEND='cupy' but no CUDA "
+                                   "device is usable (cudaErrorInsufficientDriver"), last
+            assert "unset NNX_BACKEND to use numpy" in last
+        else:  # auto says why it chose numpy, with the same CUDA error
+            assert result.returncode == 0, result.stderr
+            info = json.loads(result.stdout)["info"]
+            assert info["backend"] == "numpy"
+            assert "cudaErrorInsufficientDriver" in info["reason"]

@@ -280,3 +280,37 @@ def test_bench_missing_is_a_clean_error(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == "nnx: error: 'nnx bench' is not available: this installation of nnx has " \
                   "no nnx.bench module.\n"
+
+
+def test_a_failing_plot_or_prediction_write_leaves_the_old_file(trained_moons, tmp_path,
+                                                                 monkeypatch, capsys):
+    """Figures and predictions are written like models: temporary file, then rename."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    folder, _ = trained_moons
+    plot, pred = tmp_path / "old.png", tmp_path / "old.csv"
+    plot.write_bytes(b"previous figure")
+    pred.write_text("previous predictions\n")
+    features = write_csv(tmp_path / "features.csv", ["x1", "x2"], [[0.0, 0.5], [1.0, -0.2]])
+
+    def broken_savefig(self, handle, **kwargs):
+        handle.write(b"\x89PNG half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    assert cli.main(["train", "--epochs", "5", "--quiet", "--plot", str(plot)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert plot.read_bytes() == b"previous figure"
+
+    def broken_writerows(self, rows):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(cli.csv, "writer", lambda handle, **kw: type(
+        "W", (), {"writerow": lambda self, row: handle.write(",".join(row) + "\n"),
+                  "writerows": broken_writerows})())
+    assert cli.main(["predict", str(folder / "moons.npz"), str(features), "--out",
+                     str(pred)]) == 2
+    assert "Input/output error" in capsys.readouterr().err
+    assert pred.read_text() == "previous predictions\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.csv", "old.csv", "old.png"]
