@@ -181,3 +181,51 @@ def record_throughput(benchmark: Any, flops: float) -> None:
         seconds = getattr(stats.stats, name)
         if seconds > 0:
             benchmark.extra_info[f"gflops_{name}"] = flops / seconds / 1e9
+
+
+def paired_rounds(mode: str, seconds_per_call: float, budget: float = 3.0) -> int:
+    """How many interleaved rounds :func:`paired_ratio` runs: one in the smoke run (the code
+    path is checked, nothing is measured), else as many as fit in `budget` seconds, 5 to 41."""
+    if mode == "smoke":
+        return 1
+    return int(min(41, max(5, budget / max(seconds_per_call, 1e-6))))
+
+
+def paired_ratio(fn: Any, peer: Any, rounds: int) -> dict[str, float]:
+    """Time `fn` and `peer` interleaved (``fn, peer, peer, fn, ...``) and return the median of
+    the per-round ratios ``t_fn / t_peer`` with its spread.
+
+    On a shared machine the speed drifts over seconds; two benchmarks timed one after the
+    other can land on either side of a drift and differ by more than any target. Adjacent
+    calls see the same machine, so the ratio of neighbours is what can be compared.
+    """
+    import statistics
+    import time
+
+    ratios = []
+    for i in range(rounds):
+        first, second = (fn, peer) if i % 2 == 0 else (peer, fn)
+        start = time.perf_counter()
+        first()
+        middle = time.perf_counter()
+        second()
+        end = time.perf_counter()
+        t_first, t_second = middle - start, end - middle
+        t_fn, t_peer = (t_first, t_second) if first is fn else (t_second, t_first)
+        ratios.append(t_fn / t_peer)
+    ratios.sort()
+    q = max(0, len(ratios) // 4)
+    return {"median": statistics.median(ratios), "q1": ratios[q], "q3": ratios[-1 - q],
+            "rounds": rounds}
+
+
+def seconds_per_call(benchmark: Any, fn: Any) -> float:
+    """The fastest round pytest-benchmark saw, or one timed call when it timed nothing."""
+    import time
+
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None:
+        return float(stats.stats.min)
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start

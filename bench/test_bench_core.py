@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from benchlib import BenchBackend, assert_close, record_throughput, tolerance, warm_up
+from benchlib import (
+    BenchBackend,
+    assert_close,
+    paired_ratio,
+    paired_rounds,
+    record_throughput,
+    seconds_per_call,
+    tolerance,
+    warm_up,
+)
 
 import nnx
 
@@ -75,21 +84,21 @@ def test_dense_core(benchmark, bench_backend: BenchBackend, core_hidden: int, dt
     W = layer.W
     sync = backend.synchronize
 
-    if impl == "nnx":
-        def run():
-            z = layer.logits(x)
-            dx = layer.backward(g, through_activation=False)
-            sync()
-            return z, layer.dW, dx, layer.db
-    else:
-        def run():
-            z = xp.matmul(x, W)
-            dW = xp.matmul(x.T, g)
-            dx = xp.matmul(g, W.T)
-            db = xp.sum(g, axis=0)
-            sync()
-            return z, dW, dx, db
+    def run_nnx():
+        z = layer.logits(x)
+        dx = layer.backward(g, through_activation=False)
+        sync()
+        return z, layer.dW, dx, layer.db
 
+    def run_raw():
+        z = xp.matmul(x, W)
+        dW = xp.matmul(x.T, g)
+        dx = xp.matmul(g, W.T)
+        db = xp.sum(g, axis=0)
+        sync()
+        return z, dW, dx, db
+
+    run = run_nnx if impl == "nnx" else run_raw
     flops = core_flops(batch, hidden)
     benchmark.group = f"core {dtype_name} H={hidden}"
     benchmark.extra_info.update(bench_backend.info())
@@ -104,3 +113,9 @@ def test_dense_core(benchmark, bench_backend: BenchBackend, core_hidden: int, dt
     record_throughput(benchmark, flops)
     _check(outputs, host, tolerance(dtype_name, bench_backend.info()["tf32"]),
            with_bias=impl == "nnx")
+    if impl == "nnx":
+        # The share of the ceiling from interleaved calls (raw time / nnx time of neighbours),
+        # which a drift of the machine's speed between two benchmarks cannot fake.
+        rounds = paired_rounds(mode, seconds_per_call(benchmark, run))
+        paired = paired_ratio(run_raw, run_nnx, rounds)
+        benchmark.extra_info.update({f"paired_share_{k}": v for k, v in paired.items()})

@@ -124,3 +124,23 @@ def test_pytest_arguments_pass_options_through(tmp_path):
     assert cmd[0].endswith("test_bench_core.py")
     assert "--bench-quick" in cmd and "--bench-backends=numpy" in cmd and cmd[-1] == "-x"
     assert f"--benchmark-json={tmp_path / 'b.json'}" in cmd
+
+
+def test_interleaved_ratios_take_precedence_over_separate_benchmarks():
+    data = fake_json()
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if info["kind"] == "core" and info["impl"] == "nnx" and info["hidden"] == 256:
+            info["paired_share_median"] = 0.97  # the separate runs said 0.95 and 0.80
+        if info.get("impl") == "nnx-numpy" and info.get("config") == "moons":
+            info["paired_vs_numpy-hand_median"] = 1.2  # the separate runs said 2.0
+    core = {(r["backend"], r["hidden"]): r for r in bench.core_rows(data)}
+    assert core["numpy", 256]["share"] == pytest.approx(0.97)
+    assert core["numpy", 256]["share_separate"] == pytest.approx(0.95)
+    assert core["torch-cpu", 256]["share"] == pytest.approx(0.97)
+    assert core["numpy", 16]["share"] == pytest.approx(0.5)  # no pairs: the separate ratio
+    train = {(r["config"], r["impl"]): r for r in bench.train_rows(data)}
+    assert train["moons", "nnx-numpy"]["vs_numpy-hand"] == pytest.approx(1.2)
+    assert train["moons", "nnx-numpy"]["vs_sklearn"] == pytest.approx(0.2)
+    verdicts = bench.targets(bench.core_rows(data), bench.train_rows(data))
+    assert verdicts[0][1] == "met" and verdicts[1][1] == "met"

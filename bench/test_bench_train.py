@@ -29,12 +29,22 @@ independent float64 NumPy reference (one-hot targets, log-softmax): the loss and
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 import pytest
-from benchlib import BenchBackend, assert_close, resolve_backend, selected_backend_ids, warm_up
+from benchlib import (
+    BenchBackend,
+    assert_close,
+    paired_ratio,
+    paired_rounds,
+    resolve_backend,
+    seconds_per_call,
+    selected_backend_ids,
+    warm_up,
+)
 
 import nnx
 
@@ -361,7 +371,7 @@ def make_runner(impl: str, cfg: Config, X, y, bench: BenchBackend | None) -> Run
     return Nnx(cfg, X, y, bench)
 
 
-def run_step_benchmark(benchmark, request, impl: str, cfg: Config) -> None:
+def run_step_benchmark(benchmark, request, impl: str, cfg: Config, mode: str) -> None:
     backend_id, what = IMPLS[impl]
     if backend_id is not None and backend_id not in selected_backend_ids(request.config):
         pytest.skip(f"{backend_id} not in --bench-backends")
@@ -389,15 +399,35 @@ def run_step_benchmark(benchmark, request, impl: str, cfg: Config) -> None:
     })
     loss = benchmark(runner.step)
     assert np.isfinite(float(nnx.to_numpy(loss)))
+    for peer in PAIRED.get(impl, ()):
+        if peer == "sklearn" and importlib.util.find_spec("sklearn") is None:
+            continue
+        other = make_runner(peer, cfg, X, y, bench)
+        other.set_weights(initial_weights(cfg))
+        warm_up(other.step, 3)
+        # Interleaved with the peer: a drift of the machine's speed between two separately
+        # timed benchmarks would otherwise swing the ratio by more than the targets.
+        rounds = paired_rounds(mode, seconds_per_call(benchmark, runner.step))
+        paired = paired_ratio(runner.step, other.step, rounds)
+        benchmark.extra_info.update({f"paired_vs_{peer}_{k}": v for k, v in paired.items()})
+
+
+# nnx's implementations and the peers each is also timed against, interleaved.
+PAIRED = {
+    "nnx-numpy": ("numpy-hand", "sklearn"),
+    "nnx-torch": ("torch-hand",),
+    "nnx-cupy": ("cupy-hand",),
+    "nnx-torch-cuda": ("torch-hand-cuda",),
+}
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
-def test_moons_step(benchmark, request, impl: str) -> None:
-    run_step_benchmark(benchmark, request, impl, MOONS)
+def test_moons_step(benchmark, request, impl: str, mode: str) -> None:
+    run_step_benchmark(benchmark, request, impl, MOONS, mode)
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_wide_step(benchmark, request, impl: str, train_hidden: int, mode: str) -> None:
     # The smoke run (--benchmark-disable) only checks the answers: a small batch will do.
     n = 256 if mode == "smoke" else 4096
-    run_step_benchmark(benchmark, request, impl, wide(train_hidden, n))
+    run_step_benchmark(benchmark, request, impl, wide(train_hidden, n), mode)

@@ -27,6 +27,7 @@ CEILING_SHARE = 0.90  # nnx's Dense core vs the raw matmuls, for H >= CEILING_FR
 CEILING_FROM_H = 256
 WIDE_RATIO = 1.10  # nnx step vs the hand-written NumPy (and torch) step
 MOONS_RATIO = 1.5
+PEERS = ("numpy-hand", "torch-hand", "sklearn")  # the training step's ratio columns
 
 JSON_NAME = "bench.json"
 REPORT_NAME = "bench.md"
@@ -42,8 +43,10 @@ def core_rows(data: dict[str, Any], stat: str = "min") -> list[dict[str, Any]]:
     """One row per (backend, dtype, hidden size) of the Dense-core benchmark.
 
     Each row has the nnx and raw-matmul times (the `stat` of the rounds, in seconds), their
-    GFLOP/s, ``share`` (raw time / nnx time: the fraction of the ceiling nnx reaches) and
-    ``vs_numpy`` (GFLOP/s over NumPy's at the same dtype and size; None without NumPy).
+    GFLOP/s, ``share`` (raw time / nnx time: the fraction of the ceiling nnx reaches; the
+    median over interleaved pairs of calls where the run made them, else the ratio of the two
+    separate benchmarks, kept as ``share_separate``) and ``vs_numpy`` (GFLOP/s over NumPy's at
+    the same dtype and size; None without NumPy).
     """
     table: dict[tuple, dict[str, Any]] = {}
     for bench in data.get("benchmarks", []):
@@ -59,12 +62,18 @@ def core_rows(data: dict[str, Any], stat: str = "min") -> list[dict[str, Any]]:
             "nnx_s": None, "raw_s": None,
         })
         row[f"{info['impl']}_s"] = float(bench["stats"][stat])
+        if "paired_share_median" in info:
+            row["paired"] = float(info["paired_share_median"])
     rows = []
     for row in table.values():
         flops = row["flops"]
         row["nnx_gflops"] = flops / row["nnx_s"] / 1e9 if row["nnx_s"] else None
         row["raw_gflops"] = flops / row["raw_s"] / 1e9 if row["raw_s"] else None
-        row["share"] = row["raw_s"] / row["nnx_s"] if row["nnx_s"] and row["raw_s"] else None
+        separate = row["raw_s"] / row["nnx_s"] if row["nnx_s"] and row["raw_s"] else None
+        # Interleaved calls where they were made: benchmarks timed one after the other
+        # compare two states of a shared machine as much as two pieces of code.
+        row["share"] = row.pop("paired", separate)
+        row["share_separate"] = separate
         rows.append(row)
     numpy_gflops = {(r["dtype"], r["hidden"]): r["nnx_gflops"] for r in rows
                     if r["backend"] == "numpy"}
@@ -106,7 +115,9 @@ def crossover(rows: list[dict[str, Any]]) -> dict[str, str]:
 def train_rows(data: dict[str, Any], stat: str = "min") -> list[dict[str, Any]]:
     """One row per (network, implementation) of the training-step benchmark, with the time
     and its ratio to the hand-written NumPy step, the hand-written torch step and
-    scikit-learn's epoch on the same network (None where that peer did not run)."""
+    scikit-learn's epoch on the same network (None where that peer did not run). A ratio is
+    the median over interleaved pairs of steps where the run made them (nnx against its
+    peers), else the ratio of the two separately timed benchmarks."""
     rows = []
     for bench in data.get("benchmarks", []):
         info = bench.get("extra_info", {})
@@ -114,12 +125,15 @@ def train_rows(data: dict[str, Any], stat: str = "min") -> list[dict[str, Any]]:
             continue
         rows.append({"config": info["config"], "impl": info["impl"], "dtype": info["dtype"],
                      "batch": int(info["batch"]), "sizes": info.get("sizes"),
-                     "what": info.get("what", ""), "time_s": float(bench["stats"][stat])})
+                     "what": info.get("what", ""), "time_s": float(bench["stats"][stat]),
+                     "paired": {peer: float(info[f"paired_vs_{peer}_median"]) for peer in PEERS
+                                if f"paired_vs_{peer}_median" in info}})
     times = {(r["config"], r["impl"]): r["time_s"] for r in rows}
     for row in rows:
-        for peer in ("numpy-hand", "torch-hand", "sklearn"):
+        paired = row.pop("paired")
+        for peer in PEERS:
             base = times.get((row["config"], peer))
-            row[f"vs_{peer}"] = row["time_s"] / base if base else None
+            row[f"vs_{peer}"] = paired.get(peer, row["time_s"] / base if base else None)
     rows.sort(key=lambda r: (_config_key(r["config"]), _order(r["impl"], TRAIN_ORDER)))
     return rows
 
@@ -242,7 +256,10 @@ def render_report(data: dict[str, Any], stat: str = "min") -> str:
     core, train = core_rows(data, stat), train_rows(data, stat)
     lines = ["# nnx benchmarks", "", _machine(data), "",
              f"Times are the {stat} over rounds (pytest-benchmark); "
-             "ratios are time / peer time (below 1: faster).", ""]
+             "ratios are time / peer time (below 1: faster). The share of the ceiling and "
+             "nnx's ratios to its peers are medians over interleaved pairs of calls (nnx, "
+             "peer, peer, nnx, ...), so that a drift of a shared machine's speed between two "
+             "benchmarks does not enter them.", ""]
     if core:
         lines += ["## Dense core: x @ W + b and its backward for one H -> H layer",
                   "", "nnx = Dense.logits + Dense.backward(through_activation=False); raw = "
@@ -295,9 +312,10 @@ def plot_core(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
         ax.minorticks_off()
         ax.set_yscale("log")
         ax.set_xlabel("hidden size H (layer H -> H)")
-        batches = sorted({f"{r['hidden']}: {r['batch']}" for r in rows
-                          if r["dtype"] == dtype and r["batch"] != 4096})
-        note = f"\nbatch 4096 (H: batch {', '.join(batches)})" if batches else "\nbatch 4096"
+        others = sorted({(r["hidden"], r["batch"]) for r in rows
+                         if r["dtype"] == dtype and r["batch"] != 4096})
+        note = "\nbatch 4096" + (" (" + ", ".join(f"{b} at H={h}" for h, b in others) + ")"
+                                 if others else "")
         ax.set_title(f"Dense forward + backward, {dtype}{note}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
