@@ -64,6 +64,7 @@ def core_rows(data: dict[str, Any], stat: str = "min") -> list[dict[str, Any]]:
         row[f"{info['impl']}_s"] = float(bench["stats"][stat])
         if "paired_share_median" in info:
             row["paired"] = float(info["paired_share_median"])
+            row["spread"] = (float(info["paired_share_q1"]), float(info["paired_share_q3"]))
     rows = []
     for row in table.values():
         flops = row["flops"]
@@ -74,6 +75,7 @@ def core_rows(data: dict[str, Any], stat: str = "min") -> list[dict[str, Any]]:
         # compare two states of a shared machine as much as two pieces of code.
         row["share"] = row.pop("paired", separate)
         row["share_separate"] = separate
+        row.setdefault("spread", None)
         rows.append(row)
     numpy_gflops = {(r["dtype"], r["hidden"]): r["nnx_gflops"] for r in rows
                     if r["backend"] == "numpy"}
@@ -213,13 +215,23 @@ def _table(header: list[str], body: list[list[str]], left: int) -> str:
     return "\n".join([line(header), rule] + [line(row) for row in body])
 
 
+def _share(row: dict[str, Any]) -> str:
+    """``96%``, or ``96% (93-99)`` with the quartiles of the interleaved pairs."""
+    if row["share"] is None:
+        return "-"
+    if row["spread"] is None:
+        return f"{row['share']:.0%}"
+    low, high = row["spread"]
+    return f"{row['share']:.0%} ({100 * low:.0f}-{100 * high:.0f})"
+
+
 def format_core_table(rows: list[dict[str, Any]]) -> str:
     header = ["backend", "dtype", "H", "batch", "nnx time", "nnx GFLOP/s", "raw GFLOP/s",
               "% of ceiling", "x NumPy"]
     body = [[r["backend"] + (" (TF32)" if r["tf32"] else ""), r["dtype"], str(r["hidden"]),
              str(r["batch"]), format_time(r["nnx_s"]), _num(r["nnx_gflops"], ".1f"),
              _num(r["raw_gflops"], ".1f"),
-             "-" if r["share"] is None else f"{r['share']:.0%}",
+             _share(r),
              "-" if r["vs_numpy"] is None else f"{r['vs_numpy']:.2f}x"] for r in rows]
     return _table(header, body, left=2)
 
@@ -263,8 +275,10 @@ def render_report(data: dict[str, Any], stat: str = "min") -> str:
     if core:
         lines += ["## Dense core: x @ W + b and its backward for one H -> H layer",
                   "", "nnx = Dense.logits + Dense.backward(through_activation=False); raw = "
-                  "3 xp.matmul + xp.sum on the same arrays (the ceiling). x NumPy = GFLOP/s "
-                  "over NumPy's nnx GFLOP/s.", "", format_core_table(core), ""]
+                  "3 xp.matmul + xp.sum on the same arrays (the ceiling). % of ceiling = raw "
+                  "time / nnx time, median (and quartiles) over interleaved pairs of calls; "
+                  "the GFLOP/s columns come from separate benchmarks and carry the machine's "
+                  "drift between them. x NumPy = GFLOP/s over NumPy's nnx GFLOP/s.", "", format_core_table(core), ""]
         for dtype, text in crossover(core).items():
             label = "GPU beats CPU" if dtype == "all" else f"GPU beats CPU ({dtype})"
             lines.append(f"- {label}: {text}")
