@@ -172,15 +172,21 @@ def assert_close(actual: Any, reference: np.ndarray, tol: float, what: str) -> N
     np.testing.assert_allclose(got, reference, rtol=0, atol=tol * scale, err_msg=what)
 
 
-def record_throughput(benchmark: Any, flops: float) -> None:
-    """Add GFLOP/s at the minimum and median round time to ``benchmark.extra_info``."""
+def record_rate(benchmark: Any, amount: float, key: str) -> None:
+    """Add ``amount / 1e9`` per second at the minimum and median round time to
+    ``benchmark.extra_info`` as ``{key}_min`` and ``{key}_median``."""
     stats = getattr(benchmark, "stats", None)
     if stats is None:  # --benchmark-disable: nothing was timed
         return
     for name in ("min", "median"):
         seconds = getattr(stats.stats, name)
         if seconds > 0:
-            benchmark.extra_info[f"gflops_{name}"] = flops / seconds / 1e9
+            benchmark.extra_info[f"{key}_{name}"] = amount / seconds / 1e9
+
+
+def record_throughput(benchmark: Any, flops: float) -> None:
+    """GFLOP/s at the minimum and median round time."""
+    record_rate(benchmark, flops, "gflops")
 
 
 def paired_rounds(mode: str, seconds_per_call: float, budget: float = 3.0) -> int:

@@ -28,6 +28,7 @@ import pytest
 from benchlib import (
     BenchBackend,
     assert_close,
+    record_rate,
     record_throughput,
     resolve_backend,
     selected_backend_ids,
@@ -70,14 +71,8 @@ def synced(fn, backend: nnx.Backend):
 
 def record_bandwidth(benchmark, nbytes: int) -> None:
     """GB/s at the minimum and median round time, from the bytes the operation must move."""
-    stats = getattr(benchmark, "stats", None)
     benchmark.extra_info["bytes"] = nbytes
-    if stats is None:  # --benchmark-disable: nothing was timed
-        return
-    for name in ("min", "median"):
-        seconds = getattr(stats.stats, name)
-        if seconds > 0:
-            benchmark.extra_info[f"gbytes_per_s_{name}"] = nbytes / seconds / 1e9
+    record_rate(benchmark, nbytes, "gbytes_per_s")
 
 
 # -- a whole training step: eager against captured ----------------------------------------------

@@ -278,7 +278,8 @@ def render_report(data: dict[str, Any], stat: str = "min") -> str:
                   "3 xp.matmul + xp.sum on the same arrays (the ceiling). % of ceiling = raw "
                   "time / nnx time, median (and quartiles) over interleaved pairs of calls; "
                   "the GFLOP/s columns come from separate benchmarks and carry the machine's "
-                  "drift between them. x NumPy = GFLOP/s over NumPy's nnx GFLOP/s.", "", format_core_table(core), ""]
+                  "drift between them. x NumPy = GFLOP/s over NumPy's nnx GFLOP/s.", "",
+                  format_core_table(core), ""]
         for dtype, text in crossover(core).items():
             label = "GPU beats CPU" if dtype == "all" else f"GPU beats CPU ({dtype})"
             lines.append(f"- {label}: {text}")
