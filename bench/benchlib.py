@@ -61,8 +61,24 @@ class BenchBackend:
             "library": self.backend.name,
             "library_version": self.backend.library_version(),
             "tf32": tf32_allowed(self.id),
+            **cuda_versions(self.id),
             **environment_info(),
         }
+
+
+def cuda_versions(backend_id: str) -> dict[str, Any]:
+    """The CUDA runtime and driver versions a GPU backend runs with (empty on the CPU)."""
+    if backend_id == "cupy":
+        import cupy
+
+        runtime = cupy.cuda.runtime
+        return {"cuda_runtime": runtime.runtimeGetVersion(),
+                "cuda_driver": runtime.driverGetVersion()}
+    if backend_id == "torch-cuda":
+        import torch
+
+        return {"cuda_runtime": torch.version.cuda}
+    return {}
 
 
 def tf32_allowed(backend_id: str) -> bool:

@@ -16,7 +16,8 @@ def _core(backend, dtype, hidden, impl, seconds, kind="cpu", batch=4096):
         "extra_info": {"kind": "core", "backend": backend, "dtype": dtype, "hidden": hidden,
                        "batch": batch, "impl": impl, "flops": 6 * batch * hidden * hidden,
                        "device_kind": kind, "device_name": "Fake GPU" if kind == "gpu" else "cpu",
-                       "tf32": False, "library": backend, "library_version": "1.0"},
+                       "tf32": False, "library": backend, "library_version": "1.0",
+                       **({"cuda_runtime": 13000} if kind == "gpu" else {})},
     }
 
 
@@ -108,7 +109,9 @@ def test_main_report_only_writes_report_and_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     (tmp_path / bench.JSON_NAME).write_text(json.dumps(fake_json(with_gpu=True)))
     assert bench.main(["--report-only", "--out", str(tmp_path)]) == 0
-    assert "GPU beats CPU (float32): H >= 256" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "GPU beats CPU (float32): H >= 256" in out
+    assert "GPU: cupy: Fake GPU (CUDA runtime 13000)" in out
     assert (tmp_path / bench.REPORT_NAME).read_text(encoding="utf-8").startswith("# nnx")
     assert (tmp_path / bench.PLOT_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -54,9 +54,7 @@ def gpu(request: pytest.FixtureRequest) -> BenchBackend:
 def cuda_info(bench: BenchBackend) -> dict[str, Any]:
     import cupy
 
-    runtime = cupy.cuda.runtime
     return {**bench.info(), "kind": "cuda-fastpath", "cupy": cupy.__version__,
-            "cuda_runtime": runtime.runtimeGetVersion(), "cuda_driver": runtime.driverGetVersion(),
             "cupy_tf32": cuda.tf32_enabled()}
 
 

@@ -249,8 +249,9 @@ def _machine(data: dict[str, Any]) -> str:
     machine = data.get("machine_info", {})
     cpu = machine.get("cpu", {})
     infos = [b.get("extra_info", {}) for b in data.get("benchmarks", [])]
-    devices = sorted({f"{i['backend']}: {i['device_name']}" for i in infos
-                      if i.get("device_kind") == "gpu" and "device_name" in i})
+    devices = sorted({f"{i['backend']}: {i['device_name']}"
+                      + (f" (CUDA runtime {i['cuda_runtime']})" if "cuda_runtime" in i else "")
+                      for i in infos if i.get("device_kind") == "gpu" and "device_name" in i})
     libraries = sorted({f"{i['library']} {i['library_version']}" for i in infos
                         if "library" in i and "library_version" in i})
     threads = sorted({str(i["blas_threads"]) for i in infos if "blas_threads" in i})
