@@ -612,11 +612,14 @@ class Sequential:
 
     def _evaluate_device(self, Xd: Any, Y: Any, labels: Any,
                          batch_size: int | None = None) -> dict[str, Any]:
+        """The objective and, for classifiers, the *count* of correct predictions (exact in
+        the model's dtype; the host divides it by n, so that 193 of 200 reads 0.965 and not
+        float32's 0.9649999737)."""
         n = Xd.shape[0]
         total, correct = self._sums(Xd, Y, labels, batch_size)
         out = {"loss": total / n + (self._l2_term() if self.l2 else 0)}
         if correct is not None:
-            out["accuracy"] = correct / n
+            out["accuracy"] = correct
         return out
 
     def evaluate(self, X: Any, y: Any, batch_size: int | None = None) -> dict[str, float]:
@@ -625,8 +628,11 @@ class Sequential:
         batch_size = _check_count(batch_size, "batch_size", where, allow_none=True)
         Xd = self._as_X(X, where)
         Y, labels = self._as_y(y, Xd.shape[0], where)
-        figures = self._evaluate_device(Xd, Y, labels, batch_size)
-        return {key: float(value) for key, value in figures.items()}
+        figures = {key: float(value) for key, value in
+                   self._evaluate_device(Xd, Y, labels, batch_size).items()}
+        if "accuracy" in figures:
+            figures["accuracy"] /= Xd.shape[0]
+        return figures
 
     def loss(self, X: Any, y: Any) -> float:
         """The objective ``fit`` minimises: mean data loss plus ``(l2/2) * sum ||W||^2``."""
@@ -658,6 +664,10 @@ class _Trainer:
         self.sync_every = sync_every
         n = X.shape[0]
         self.batch = n if batch_size is None else min(batch_size, n)
+        # The figures that reach the host as counts, and what to divide them by.
+        self.counted = {"accuracy": n}
+        if val is not None:
+            self.counted["val_accuracy"] = val[0].shape[0]
         self.verbose = sys.stderr.isatty() if verbose is None else bool(verbose)
 
     def _epoch_data(self) -> tuple[Any, Any, Any]:
@@ -686,7 +696,7 @@ class _Trainer:
                 correct = hit if correct is None else correct + hit
         figures = {"loss": total / n if step < n else total}
         if correct is not None:
-            figures["accuracy"] = correct / n
+            figures["accuracy"] = correct  # a count: _flush divides it on the host
         if self.val is not None:
             for key, value in model._evaluate_device(*self.val).items():
                 figures["val_" + key] = value
@@ -756,6 +766,9 @@ class _Trainer:
         width = len(keys)
         for i, (epoch, _) in enumerate(pending):
             logs = dict(zip(keys, host[i * width:(i + 1) * width]))
+            for key, n in self.counted.items():
+                if key in logs:
+                    logs[key] /= n
             if not math.isfinite(logs["loss"]):
                 # Roll back to the weights that gave the last finite loss.
                 params, start = (starts[i - 1], pending[i - 1][0]) if i else before

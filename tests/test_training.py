@@ -136,6 +136,21 @@ def test_validation_data_and_history(backend):
     assert model.history is history
 
 
+def test_accuracies_are_exact_fractions_in_float32(backend):
+    """Counts are exact in float32; a float32 quotient is not (0.965 would read 0.9649999737)."""
+    X, y = nnx.datasets.make_moons(200, seed=0)
+    Xv, yv = nnx.datasets.make_moons(60, seed=1)
+    model = nnx.Sequential([nnx.Dense(2, 3, "tanh"), nnx.Dense(3, 2, "softmax")],
+                           backend=backend, dtype="float32")
+    history = model.fit(X, y, epochs=30, lr=0.5, validation_data=(Xv, yv), batch_size=64)
+    predicted = host(model.predict(X))
+    assert model.accuracy(X, y) == np.count_nonzero(predicted == y) / 200
+    assert model.evaluate(Xv, yv)["accuracy"] == history["val_accuracy"][-1]
+    for key, n in (("accuracy", 200), ("val_accuracy", 60)):
+        for value in history[key]:
+            assert value * n == round(value * n) and value == round(value * n) / n
+
+
 def test_early_stopping_restores_the_best_weights(backend):
     """Noisy labels and a big network overfit: validation loss turns up, training stops after
     `patience` epochs without improvement, and the best epoch's weights are put back."""
