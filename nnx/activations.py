@@ -148,7 +148,15 @@ def get_activation(activation: str | Activation | None) -> Activation:
             f"received {type(activation).__name__}."
         )
     key = _ALIASES.get(activation.lower() if activation else None, activation)
-    key = key.lower() if isinstance(key, str) else key
+    key = key.lower().replace(" ", "") if isinstance(key, str) else key
+    if key.startswith("leaky_relu(") and key.endswith(")"):
+        # The name a leaky_relu(slope) carries, so that a saved model's config loads back.
+        try:
+            slope = float(key[len("leaky_relu("):-1])
+        except ValueError:
+            slope = None
+        if slope is not None:
+            return leaky_relu(slope)
     if key not in ACTIVATIONS:
         raise ValueError(
             f"activation={activation!r} is unknown; choose one of: {', '.join(ACTIVATIONS)}."

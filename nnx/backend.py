@@ -174,7 +174,7 @@ def _unknown(value: str, source: str) -> ValueError:
     return ValueError(f"{where} is not a backend; choose one of: {', '.join(CHOICES)}{fix}.")
 
 
-def _cupy_backend(requested: str, where: str) -> Backend:
+def _cupy_backend(requested: str, where: str, source: str = "env") -> Backend:
     try:
         import cupy
     except ImportError as exc:
@@ -189,25 +189,38 @@ def _cupy_backend(requested: str, where: str) -> Backend:
         device = cupy.cuda.Device()
         cupy.empty(1)  # the first allocation is where a missing driver shows itself
     except Exception as exc:  # noqa: BLE001 - CuPy raises several unrelated types here
+        instead = f"unset {ENV_VAR}" if source == "env" else "pass backend='numpy'"
         raise BackendError(
-            f"{where} but no CUDA device is usable ({exc}); unset {ENV_VAR} to use numpy, "
+            f"{where} but no CUDA device is usable ({exc}); {instead} to use numpy, "
             "or check the driver with nvidia-smi."
         ) from None
     return Backend("cupy", array_api_compat.array_namespace(cupy.empty(0)), device,
                    requested, "")
 
 
-def _build(name: str, device: Any, requested: str, reason: str, where: str) -> Backend:
+def _build(name: str, device: Any, requested: str, reason: str, where: str,
+           source: str = "env") -> Backend:
     if name == "numpy":
         import array_api_compat.numpy as xp
 
+        if device is not None and str(device) != "cpu":
+            raise ValueError(f"{where}: device={device!r} is not a numpy device; numpy has "
+                             "only 'cpu' (use backend='cupy' or 'torch' for a GPU).")
         return Backend("numpy", xp, "cpu", requested, reason)
     if name == "cupy":
-        backend = _cupy_backend(requested, where)
+        backend = _cupy_backend(requested, where, source)
         if device is not None:
             import cupy
 
-            backend = dataclasses.replace(backend, device=cupy.cuda.Device(int(device)))
+            count = cupy.cuda.runtime.getDeviceCount()
+            try:
+                ordinal = int(str(device).removeprefix("cuda:"))
+            except ValueError:
+                ordinal = -1
+            if not 0 <= ordinal < count:
+                raise ValueError(f"{where}: device={device!r} is not a CUDA device here; "
+                                 f"choose an ordinal from 0 to {count - 1}.")
+            backend = dataclasses.replace(backend, device=cupy.cuda.Device(ordinal))
         return dataclasses.replace(backend, reason=reason)
     if name == "torch":
         try:
@@ -219,7 +232,16 @@ def _build(name: str, device: Any, requested: str, reason: str, where: str) -> B
             ) from None
         import array_api_compat.torch as xp
 
-        return Backend("torch", xp, torch.device(device or "cpu"), requested, reason)
+        try:
+            dev = torch.device(device or "cpu")
+            torch.empty(1, device=dev)  # a device that does not exist fails here, not later
+        except (RuntimeError, AssertionError, TypeError, ValueError) as exc:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise BackendError(
+                f"{where}: device={device!r} is not a usable torch device ({detail}); use "
+                "'cpu', or 'cuda' / 'cuda:N' where torch.cuda.is_available()."
+            ) from None
+        return Backend("torch", xp, dev, requested, reason)
     if name == "array_api_strict":
         try:
             import array_api_strict as xp
@@ -233,7 +255,12 @@ def _build(name: str, device: Any, requested: str, reason: str, where: str) -> B
         elif isinstance(device, xp.Device):
             dev = device
         else:
-            dev = xp.Device(str(device))
+            try:
+                dev = xp.Device(str(device))
+            except ValueError:
+                names = [str(d) for d in xp.__array_namespace_info__().devices()]
+                raise ValueError(f"{where}: device={device!r} is not an array_api_strict "
+                                 f"device; choose one of: {', '.join(names)}.") from None
         return Backend("array_api_strict", xp, dev, requested, reason)
     raise AssertionError(name)
 
@@ -276,17 +303,20 @@ def get_backend(backend: str | Backend | None = None, device: Any = None) -> Bac
     if name not in CHOICES:
         raise _unknown(raw, source)
     key = (name, None if device is None else str(device))
-    if key in _resolved_cache:
-        return _resolved_cache[key]
     where = f"{ENV_VAR}={raw!r}" if source == "env" else f"backend={raw!r}"
+    resolved = _resolved_cache.get(key)
+    if resolved is None:
+        # Built once per (backend, device): importing and probing a library costs time.
+        resolved = _auto(device, where) if name == "auto" else _build(name, device, name, "",
+                                                                      where, source)
+        _resolved_cache[key] = resolved
     if name == "auto":
-        resolved = _auto(device, where)
-    else:
-        origin = f"{ENV_VAR}={raw!r}" if source == "env" and raw.strip() else (
-            "default (NNX_BACKEND unset)" if source == "env" else "backend= argument")
-        resolved = _build(name, device, name, origin, where)
-    _resolved_cache[key] = resolved
-    return resolved
+        return resolved
+    # Why it was chosen belongs to this call, not to the first one that built it.
+    origin = f"{ENV_VAR}={raw!r}" if source == "env" and raw.strip() else (
+        "default (NNX_BACKEND unset)" if source == "env" else "backend= argument")
+    return resolved if resolved.reason == origin else dataclasses.replace(resolved,
+                                                                          reason=origin)
 
 
 @contextlib.contextmanager

@@ -76,7 +76,8 @@ class EarlyStopping(Callback):
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError("EarlyStopping: patience must be an integer >= 0; "
                              f"received {patience!r}.")
-        if not math.isfinite(min_delta) or min_delta < 0:
+        if (isinstance(min_delta, bool) or not isinstance(min_delta, (int, float))
+                or not math.isfinite(min_delta) or min_delta < 0):
             raise ValueError("EarlyStopping: min_delta must be finite and >= 0; "
                              f"received {min_delta!r}.")
         self.monitor = monitor

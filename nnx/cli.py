@@ -165,6 +165,11 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
     if y.min() < 0:
         raise ValueError(f"{where}: the labels must be integer classes 0, 1, 2, ...; received "
                          f"{y.min()}.")
+    if y.max() >= len(y):
+        # The output layer gets max + 1 units: a stray large label would ask for a huge one.
+        raise ValueError(f"{where}: the labels must be classes 0, 1, 2, ... below the number "
+                         f"of rows ({len(y)}); received the label {y.max()}. Is the label "
+                         "column (--target) the right one?")
     return y
 
 
@@ -270,6 +275,17 @@ def train(args: Any) -> int:
     _check_plot_path(args.plot)
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1; received {args.epochs}.")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0; received {args.seed}.")
+    if any(size < 1 for size in args.hidden):
+        raise ValueError("--hidden sizes must be integers >= 1; received "
+                         f"{' '.join(map(str, args.hidden))}.")
+    if args.validation_split is not None and not 0 <= args.validation_split < 1:
+        raise ValueError("--validation-split must be a fraction in [0, 1); received "
+                         f"{args.validation_split:g}.")
+    if args.test_size is not None and not 0 < args.test_size < 1:
+        raise ValueError(f"--test-size must be a fraction in (0, 1); received "
+                         f"{args.test_size:g}.")
     backend = get_backend(args.backend, args.device)
     X, y, name = _load_data(args)
     y = _labels(y, name)
@@ -555,6 +571,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return 2
         return args.run(args)
+    except MemoryError as exc:
+        detail = f" ({_one_line(exc)})" if str(exc) else ""
+        print(f"nnx: error: out of memory{detail}; use smaller --hidden sizes, a smaller "
+              "--batch-size, or --dtype float32.", file=sys.stderr)
+        return 2
     except (UsageError, ValueError, TypeError, OSError, BackendError, ImportError) as exc:
         if isinstance(exc, BrokenPipeError):
             # The reader of our output went away (| head): not an error of ours.

@@ -14,7 +14,13 @@ import numpy as np
 
 
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or seed < 0):
+        raise ValueError("seed must be an integer >= 0, a numpy.random.Generator or None; "
+                         f"received seed={seed!r}.")
+    return np.random.default_rng(seed)
 
 
 def _count(n: Any, name: str, minimum: int = 1) -> int:
@@ -196,12 +202,16 @@ def load_csv(path: str | os.PathLike, target: str | None = None):
             raise ValueError(f"{path}, line {i}: {len(row)} cells; the header has {len(header)}.")
         for j, cell in enumerate(row):
             try:
-                values[i - 2, j] = float(cell)
+                value = float(cell)
             except ValueError:
                 raise ValueError(
                     f"{path}, line {i}, column {header[j]!r}: {cell!r} is not a number; "
                     "nnx reads numeric CSV files only (encode categories as numbers first)."
                 ) from None
+            if not np.isfinite(value):
+                raise ValueError(f"{path}, line {i}, column {header[j]!r}: {cell.strip()!r} is "
+                                 "not a finite number; fill or drop missing values first.")
+            values[i - 2, j] = value
     if target is None:
         return values, None, header
     t = header.index(target)

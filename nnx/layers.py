@@ -15,6 +15,8 @@ from nnx.init import SCHEMES, draw_weights
 
 def _size(value: Any, name: str, where: str) -> int:
     try:
+        if isinstance(value, bool):  # operator.index(True) is 1: a size of True is a mistake
+            raise TypeError
         size = operator.index(value)
     except TypeError:
         raise TypeError(

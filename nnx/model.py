@@ -132,10 +132,13 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not layer.built:
                 layer.build(self.backend, self.dtype_name, self.rng)
-            elif layer.backend.name != self.backend.name or layer.dtype != self.dtype:
+            elif (layer.backend.name != self.backend.name or layer.dtype != self.dtype
+                  or str(layer.backend.device) != str(self.backend.device)):
                 raise ValueError(
-                    f"Sequential: layers[{i}] was built for {layer.backend.name} "
-                    f"{layer.dtype}; this model uses {self.backend.name} {self.dtype_name}."
+                    f"Sequential: layers[{i}] was built for {layer.backend.name} on "
+                    f"{layer.backend.device} in {layer.dtype}; this model uses "
+                    f"{self.backend.name} on {self.backend.device} in {self.dtype_name}. "
+                    "Pass unbuilt layers, or build them with the model's backend and dtype."
                 )
         self.layers = layers
         # On CuPy, the fused loss-and-gradient kernel (the same function: tests/test_cuda.py).
@@ -476,15 +479,21 @@ class Sequential:
                              f"validation_split={validation_split!r}.")
         if split and validation_data is not None:
             raise ValueError(f"{where}: give validation_data or validation_split, not both.")
-        opt = self._make_optimizer(optimizer, lr, schedule, where)
+        opt, opt_changes = self._make_optimizer(optimizer, lr, schedule, where)
         callbacks = list(callbacks)
         for i, cb in enumerate(callbacks):
             if not isinstance(cb, Callback):
                 raise TypeError(f"{where}: callbacks[{i}] must be an nnx.Callback; received "
                                 f"{type(cb).__name__}.")
-        if early_stopping is not None and early_stopping is not False:
-            callbacks.append(early_stopping if isinstance(early_stopping, EarlyStopping)
-                             else EarlyStopping(patience=int(early_stopping)))
+        if isinstance(early_stopping, EarlyStopping):
+            callbacks.append(early_stopping)
+        elif early_stopping is not None:
+            if isinstance(early_stopping, bool) or not isinstance(early_stopping,
+                                                                  (int, np.integer)):
+                raise TypeError(f"{where}: early_stopping must be a patience (an integer >= 0) "
+                                "or an nnx.EarlyStopping; received "
+                                f"{early_stopping!r} ({type(early_stopping).__name__}).")
+            callbacks.append(EarlyStopping(patience=int(early_stopping)))
 
         Xd = self._as_X(X, where)
         Y, labels = self._as_y(y, Xd.shape[0], where)
@@ -509,6 +518,8 @@ class Sequential:
             labels = None if labels is None else xp.take(labels, train_idx, axis=0)
 
         # Everything is checked: only now does the model change.
+        for name, value in opt_changes.items():
+            setattr(opt, name, value)
         self.optimizer, self.l2, self.stop_training = opt, new_l2, False
         if callbacks or val is not None:
             sync_every = 1
@@ -535,17 +546,20 @@ class Sequential:
 
         return capture_step(self, X, y, optimizer=optimizer, lr=lr)
 
-    def _make_optimizer(self, optimizer: Any, lr: Any, schedule: Any, where: str) -> Optimizer:
+    def _make_optimizer(self, optimizer: Any, lr: Any, schedule: Any,
+                        where: str) -> tuple[Optimizer, dict[str, Any]]:
+        """The optimizer ``fit`` will use, and the settings to give it once every argument
+        and the data are checked (a fit that raises leaves the model's optimizer as it was)."""
         if lr is not None:
             lr = _check_number(lr, "lr", where, strict=True)
         if optimizer is None and self.optimizer is not None:
-            opt = self.optimizer
+            changes: dict[str, Any] = {}
             if lr is not None:
-                opt.lr = lr
+                changes["lr"] = lr
             if schedule is not None:
-                opt.schedule = get_schedule(schedule)
-            return opt
-        return get_optimizer(optimizer, lr=lr, schedule=schedule)
+                changes["schedule"] = get_schedule(schedule)
+            return self.optimizer, changes
+        return get_optimizer(optimizer, lr=lr, schedule=schedule), {}
 
     # -- inference ----------------------------------------------------------------------------
     def _chunks(self, n: int, batch_size: int | None) -> range:

@@ -234,6 +234,14 @@ def get_optimizer(optimizer: str | Optimizer | None, lr: float | None = None,
                   schedule: str | Schedule | None = None, **kwargs: Any) -> Optimizer:
     """Make an optimizer from a name (``sgd``, ``momentum``, ``nesterov``, ``adam``)."""
     if isinstance(optimizer, Optimizer):
+        given = [f"{name}={value!r}" for name, value in (("lr", lr), ("schedule", schedule))
+                 if value is not None]
+        if given:
+            raise ValueError(
+                f"optimizer={optimizer!r} was given with {' and '.join(given)}; set them on "
+                f"the optimizer itself (e.g. nnx.{type(optimizer).__name__}(lr=..., "
+                "schedule=...)) or pass the optimizer by name."
+            )
         return optimizer
     name = (optimizer or "sgd").lower() if isinstance(optimizer, (str, type(None))) else None
     if name not in OPTIMIZERS:

@@ -132,6 +132,17 @@ def test_backend_info_reports_versions_and_device():
     assert info["default_dtype"] == "float32" and "CPU_DEVICE" in info["device"]
 
 
+def test_the_reason_belongs_to_each_call_not_to_the_first(monkeypatch):
+    monkeypatch.delenv("NNX_BACKEND", raising=False)
+    assert nnx.get_backend("array_api_strict").reason == "backend= argument"
+    assert nnx.backend_info()["reason"] == "default (NNX_BACKEND unset)"
+    monkeypatch.setenv("NNX_BACKEND", "array_api_strict")
+    assert nnx.get_backend().reason == "NNX_BACKEND='array_api_strict'"
+    assert nnx.get_backend("array_api_strict").reason == "backend= argument"
+    # the namespace and device are still built once
+    assert nnx.get_backend().xp is nnx.get_backend("array_api_strict").xp
+
+
 def test_to_numpy_brings_device_arrays_back(backend):
     import numpy as np
 

@@ -226,7 +226,20 @@ ERRORS = [
     (["train", "--data", "nosuch"], "numpy", "data set 'nosuch' is unknown"),
     (["train", "--lr", "-1", "--epochs", "2"], "numpy", "lr must be finite and > 0"),
     (["train", "--lr", "abc"], "numpy", "argument --lr: invalid float value: 'abc'"),
-    (["train", "--hidden", "0"], "numpy", "n_out must be an integer >= 1"),
+    (["train", "--hidden", "4", "0"], "numpy", "--hidden sizes must be integers >= 1; "
+                                               "received 4 0"),
+    (["train", "--seed", "-1"], "numpy", "--seed must be an integer >= 0; received -1"),
+    (["train", "--validation-split", "1.5"], "numpy",
+     "--validation-split must be a fraction in [0, 1); received 1.5"),
+    (["train", "--test-size", "0"], "numpy", "--test-size must be a fraction in (0, 1)"),
+    (["train", "--data", "HUGE", "--target", "label"], "numpy",
+     "below the number of rows (3); received the label 1000000000000"),
+    (["train", "--data", "NAN", "--target", "label"], "numpy",
+     "line 3, column 'x1': 'nan' is not a finite number"),
+    (["train", "--backend", "torch", "--device", "bogus", "--epochs", "1"], "numpy",
+     "device='bogus' is not a usable torch device"),
+    (["train", "--backend", "numpy", "--device", "7", "--epochs", "1"], "numpy",
+     "device='7' is not a numpy device"),
     (["train", "--epochs", "0"], "numpy", "--epochs must be >= 1"),
     (["train", "--data", "missing.csv", "--target", "y"], "numpy", "cannot read the CSV"),
     (["train", "--data", "BAD", "--target", "label"], "numpy",
@@ -248,7 +261,13 @@ ERRORS = [
                          ids=[" ".join(args) + f" [{be}]" for args, be, _ in ERRORS])
 def test_errors_are_one_line_with_status_2(args, backend, message, bad_csv, tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a model")
-    args = [{"BAD": str(bad_csv), "JUNK": str(tmp_path / "junk.npz")}.get(a, a) for a in args]
+    huge = write_csv(tmp_path / "huge.csv", ["x1", "label"], [[0.1, 0], [0.2, 1e12], [0.3, 1]])
+    nan = write_csv(tmp_path / "nan.csv", ["x1", "label"], [[0.1, 0], ["nan", 1], [0.3, 1]])
+    files = {"BAD": str(bad_csv), "JUNK": str(tmp_path / "junk.npz"), "HUGE": str(huge),
+             "NAN": str(nan)}
+    if "torch" in args:
+        pytest.importorskip("torch")
+    args = [files.get(a, a) for a in args]
     result = nnx_cmd(*args, backend=backend, cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr

@@ -111,13 +111,20 @@ BAD_HYPER = [
     ({"optimizer": "sgd", "momentum": 1.5}, TypeError, r"unexpected keyword"),
     ({"validation_split": 1.0}, ValueError, r"validation_split must be in \[0, 1\)"),
     ({"schedule": "cosine"}, ValueError, r"schedule='cosine' is unknown"),
+    ({"early_stopping": "abc"}, TypeError,
+     r"early_stopping must be a patience \(an integer >= 0\) or an nnx.EarlyStopping; "
+     r"received 'abc'"),
+    ({"early_stopping": True}, TypeError, r"early_stopping must be a patience"),
+    ({"early_stopping": 2.7}, TypeError, r"early_stopping must be a patience"),
+    ({"optimizer": nnx.SGD(lr=0.1), "lr": 0.9}, ValueError,
+     r"optimizer=SGD\(lr=0.1.*was given with lr=0.9; set them on the optimizer itself"),
 ]
 
 
 @pytest.mark.parametrize("kwargs,error,message", BAD_HYPER)
-def test_bad_hyperparameters(data, kwargs, error, message):
+def test_bad_hyperparameters(backend, data, kwargs, error, message):
     X, y = data
-    model = make("numpy")
+    model = make(backend)
     before = model.get_weights()
     with pytest.raises(error, match=message):
         model.fit(X, y, **{"epochs": 1, **kwargs})
@@ -144,6 +151,51 @@ def test_bad_hyperparameters(data, kwargs, error, message):
 def test_bad_architecture(build, error, message):
     with pytest.raises(error, match=message):
         build()
+
+
+def test_a_fit_that_raises_leaves_the_optimizer_as_it_was(backend, data):
+    X, y = data
+    model = make(backend)
+    model.fit(X, y, epochs=2, lr=0.3, optimizer="momentum")
+    optimizer = model.optimizer
+    schedule = optimizer.schedule
+    velocity = [host(v) for v in optimizer.velocity]
+    with pytest.raises(ValueError, match="X contains NaN or inf"):
+        model.fit(np.full_like(X, np.nan), y, lr=0.01, schedule="step")
+    assert model.optimizer is optimizer and optimizer.lr == 0.3
+    assert optimizer.schedule is schedule
+    for got, want in zip(optimizer.velocity, velocity):
+        np.testing.assert_array_equal(host(got), want)
+
+
+def test_layers_built_elsewhere_are_refused_with_where_they_were_built():
+    layer = nnx.Dense(2, 2, "softmax").build(nnx.get_backend("array_api_strict", "device1"))
+    with pytest.raises(ValueError, match=r"layers\[0\] was built for array_api_strict on "
+                                         r".*device1.*this model uses array_api_strict on "
+                                         r".*CPU_DEVICE.*Pass unbuilt layers"):
+        nnx.Sequential([layer], backend="array_api_strict")
+
+
+def test_a_size_of_true_is_refused():
+    with pytest.raises(TypeError, match=r"n_in must be an integer >= 1; received True"):
+        nnx.Dense(True, 3)
+
+
+@pytest.mark.parametrize("name,device,error,message", [
+    ("numpy", "cuda:7", ValueError, r"device='cuda:7' is not a numpy device; numpy has only "
+                                    r"'cpu'"),
+    ("array_api_strict", "bogus", ValueError,
+     r"device='bogus' is not an array_api_strict device; choose one of: .*device1"),
+    ("torch", "bogus", nnx.BackendError, r"device='bogus' is not a usable torch device"),
+    ("torch", "cuda:5", nnx.BackendError, r"device='cuda:5' is not a usable torch device"),
+])
+def test_a_device_the_backend_does_not_have_is_an_error(name, device, error, message):
+    if name == "torch":
+        torch = pytest.importorskip("torch")
+        if device.startswith("cuda") and torch.cuda.device_count() > 5:
+            pytest.skip("this machine has a sixth CUDA device")
+    with pytest.raises(error, match=message):
+        nnx.get_backend(name, device)
 
 
 def test_float64_on_a_device_without_it():

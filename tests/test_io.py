@@ -97,6 +97,26 @@ def test_round_trip_on_each_backend(backend, tmp_path):
                                   nnx.to_numpy(model.predict_proba(X)))
 
 
+def test_every_activation_round_trips(backend, tmp_path):
+    """Each activation's saved name loads back as the same function (leaky_relu's slope too)."""
+    from nnx.activations import ACTIVATIONS, leaky_relu
+
+    hidden = [*ACTIVATIONS.values(), leaky_relu(0.2)]
+    hidden = [a for a in hidden if a.name != "softmax"]
+    layers = [nnx.Dense(2, 3, a) for a in hidden[:1]]
+    for a in hidden[1:]:
+        layers.append(nnx.Dense(3, 3, a))
+    layers.append(nnx.Dense(3, 2, "softmax"))
+    model = nnx.Sequential(layers, backend=backend, seed=3)
+    model.save(tmp_path / "acts.npz")
+    loaded = nnx.load(tmp_path / "acts.npz", backend=backend)
+    assert [layer.activation.name for layer in loaded.layers] == [
+        *(a.name for a in hidden), "softmax"]
+    assert "leaky_relu(0.2)" in [layer.activation.name for layer in loaded.layers]
+    np.testing.assert_array_equal(nnx.to_numpy(loaded.predict_proba(X)),
+                                  nnx.to_numpy(model.predict_proba(X)))
+
+
 def test_metadata_records_where_the_model_was_trained(backend, tmp_path):
     model = trained(backend, dtype_for(backend), epochs=2)
     model.save(tmp_path / "model.npz")

@@ -219,3 +219,37 @@ def test_progress_bar_when_verbose(capsys):
     assert "5/5" in err and "loss=" in err
     model.fit(X, y, epochs=5, verbose=False)
     assert capsys.readouterr().err == ""
+
+
+def test_host_reads_are_per_epoch_not_per_step(monkeypatch):
+    """On an accelerator (array_api_strict's device1) a minibatch fit reads the device the
+    same number of times whatever the number of steps per epoch: the per-step losses and
+    counts stay on the device until the epoch's one transfer."""
+    import array_api_strict
+
+    Array = type(array_api_strict.asarray(1.0))
+    reads = []
+
+    def counting(name):
+        original = getattr(Array, name)
+
+        def wrapper(self, *args, **kwargs):
+            if name != "to_device" or "CPU_DEVICE" in str(args[0] if args else kwargs):
+                reads.append(name)
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    for name in ("__float__", "__bool__", "__int__", "__index__", "__array__", "to_device",
+                 "__dlpack__"):
+        monkeypatch.setattr(Array, name, counting(name))
+
+    X, y = nnx.datasets.make_moons(120, seed=0)
+    counts = {}
+    for batch_size in (120, 40, 8):  # 1, 3 and 15 steps per epoch
+        model = nnx.Sequential([nnx.Dense(2, 5, "tanh"), nnx.Dense(5, 2, "softmax")],
+                               backend="array_api_strict", device="device1")
+        reads.clear()
+        model.fit(X, y, epochs=4, batch_size=batch_size, lr=0.1, verbose=False)
+        counts[batch_size] = len(reads)
+    assert counts[120] == counts[40] == counts[8], counts
+    assert counts[8] <= 4 + 8, counts  # about one read per epoch, plus the checks at the start
