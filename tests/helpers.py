@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 import nnx
@@ -47,14 +49,20 @@ def assert_on_backend(array, backend, dtype_name=None, shape=None):
 
 
 def available_cpu_backends():
-    """Backends that support float64 and are usable here, for cross-backend comparisons."""
+    """Backends that support float64 and are usable here, for cross-backend comparisons.
+
+    torch, when installed (CI installs it), must be among them: a comparison that quietly
+    ran without the second real backend would prove less than it says.
+    """
     out = []
     for _, name, device in CANDIDATES:
         if name == "cupy" or device == "no_float64":
             continue
-        resolved, _ = resolve(name, device)
+        resolved, why = resolve(name, device)
         if resolved is not None:
             out.append(resolved)
+        elif name == "torch" and importlib.util.find_spec("torch") is not None:
+            raise AssertionError(f"torch is installed but not usable: {why}")
     return out
 
 

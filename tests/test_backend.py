@@ -40,10 +40,13 @@ def cupy_usable():
     (None, "numpy"), ("", "numpy"), ("   ", "numpy"), ("numpy", "numpy"), (" NumPy ", "numpy"),
     ("torch", "torch"), ("array_api_strict", "array_api_strict"), ("ARRAY-API-STRICT",
                                                                    "array_api_strict"),
+    ("cupy", "cupy"), (" CuPy", "cupy"),
 ])
 def test_env_selects_the_backend(value, expected):
     if expected == "torch":
         pytest.importorskip("torch")
+    if expected == "cupy" and not cupy_usable():
+        pytest.skip("no usable CUDA device here (test_env_cupy_without_a_gpu_says_why runs)")
     result = run_probe(value)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)

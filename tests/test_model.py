@@ -237,3 +237,35 @@ def test_predict_in_batches_equals_one_batch(backend):
     np.testing.assert_array_equal(host(model.predict(X, batch_size=7)), host(model.predict(X)))
     assert model.evaluate(X, y, batch_size=7)["loss"] == pytest.approx(model.loss(X, y),
                                                                        rel=1e-5)
+
+
+@pytest.mark.parametrize("init,activation,std", [
+    ("tutorial", "tanh", lambda n_in, n_out: 1 / np.sqrt(n_in)),
+    ("he", "tanh", lambda n_in, n_out: np.sqrt(2 / n_in)),
+    ("glorot", "tanh", lambda n_in, n_out: np.sqrt(2 / (n_in + n_out))),  # uniform: limit/sqrt(3)
+    ("auto", "relu", lambda n_in, n_out: np.sqrt(2 / n_in)),
+    ("auto", "leaky_relu", lambda n_in, n_out: np.sqrt(2 / n_in)),
+    ("auto", "tanh", lambda n_in, n_out: 1 / np.sqrt(n_in)),
+])
+def test_initial_weights_have_the_schemes_scale(init, activation, std):
+    n_in, n_out = 400, 300
+    W = host(nnx.Dense(n_in, n_out, activation, init=init).build("numpy", "float64", 0).W)
+    assert abs(W.std() / std(n_in, n_out) - 1) < 0.02  # 120,000 draws: about 0.3% spread
+    assert abs(W.mean()) < 0.01 * std(n_in, n_out) * 10
+    if init == "glorot":
+        assert np.abs(W).max() <= np.sqrt(6 / (n_in + n_out))
+
+
+def test_model_backward_returns_the_input_gradient(backend, float64, rng):
+    """Sequential.forward/backward (the public pair): d(sum(out * R))/dX by finite differences."""
+    model = nnx.Sequential([nnx.Dense(3, 4, "tanh"), nnx.Dense(4, 2, "sigmoid")],
+                           dtype="float64", backend=backend, seed=2)
+    X = rng.normal(size=(5, 3))
+    R = rng.normal(size=(5, 2))
+    model.forward(X)
+    dX = host(model.backward(backend.asarray(R, dtype=backend.xp.float64)))
+
+    def f(x):
+        return float(np.sum(host(model.forward(x)) * R))
+
+    assert relative_error(dX, central_difference(f, X)) < 1e-6

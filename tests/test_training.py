@@ -24,8 +24,11 @@ def grads_by_hand(W, b, X, Y):
     return X.T @ d, d.sum(axis=0)
 
 
+@pytest.mark.parametrize("l2", [0.0, 0.05])
 @pytest.mark.parametrize("kind", ["sgd", "momentum", "nesterov", "adam"])
-def test_optimizer_steps_match_hand_computed_updates(backend, float64, linear_data, kind):
+def test_optimizer_steps_match_hand_computed_updates(backend, float64, linear_data, kind, l2):
+    """Three steps, as two fits (the optimizer's state carries over), against the update
+    rules by hand; with L2 the weights (not the bias) get ``l2 * W`` added to their gradient."""
     X, Y = linear_data
     model = regression_net(backend)
     W, b = model.get_weights()
@@ -33,11 +36,13 @@ def test_optimizer_steps_match_hand_computed_updates(backend, float64, linear_da
     optimizer = {"sgd": nnx.SGD(lr), "momentum": nnx.SGD(lr, momentum=0.9),
                  "nesterov": nnx.SGD(lr, momentum=0.9, nesterov=True),
                  "adam": nnx.Adam(lr, beta1=0.8, beta2=0.9, eps=1e-7)}[kind]
-    model.fit(X, Y, epochs=3, optimizer=optimizer)
+    model.fit(X, Y, epochs=2, optimizer=optimizer, l2=l2)
+    model.fit(X, Y, epochs=1)
     params, state = [W, b], [np.zeros_like(W), np.zeros_like(b)]
     second = [np.zeros_like(W), np.zeros_like(b)]
     for t in range(1, 4):
-        grads = grads_by_hand(*params, X, Y)
+        gW, gb = grads_by_hand(*params, X, Y)
+        grads = [gW + l2 * params[0], gb]
         for i, g in enumerate(grads):
             if kind == "sgd":
                 params[i] = params[i] - lr * g
@@ -65,9 +70,9 @@ def test_schedules(schedule, expected):
     assert [schedule(e) for e in range(5)] == pytest.approx(expected)
 
 
-def test_schedule_scales_each_epochs_step(linear_data):
+def test_schedule_scales_each_epochs_step(backend, float64, linear_data):
     X, Y = linear_data
-    model = regression_net("numpy")
+    model = regression_net(backend)
     W, b = model.get_weights()
     model.fit(X, Y, epochs=3, lr=0.1, schedule=nnx.StepDecay(every=1, factor=0.5))
     for epoch in range(3):
