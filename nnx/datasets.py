@@ -108,7 +108,10 @@ def or_gate():
 
 
 #: Column names of :func:`virus`'s features, in order.
-VIRUS_SYMPTOMS = ("fever", "cough", "breathing difficulty", "loss of smell")
+# The columns of the case study's table. The captured page lost the table itself; its text
+# names "loss of smell" as the most influential feature and "weight loss" as the least, which
+# is what columns 0 and 1 of the data are (tests/test_model.py trains on it and checks).
+VIRUS_SYMPTOMS = ("loss of smell", "weight loss", "runny nose", "body pain")
 
 
 def virus():
