@@ -151,3 +151,17 @@ def test_interleaved_ratios_take_precedence_over_separate_benchmarks():
     row16 = next(line for line in table.splitlines() if line.startswith("| numpy ")
                  and "| 16 |" in line.replace("  ", " ").replace("  ", " "))
     assert "97% (96-99)" in table and " 50% |" in row16 and "(" not in row16
+
+
+def test_gpu_peer_columns_appear_only_when_measured():
+    cpu = bench.format_train_table(bench.train_rows(fake_json()))
+    assert "x cupy-hand" not in cpu.splitlines()[0] and "x sklearn" in cpu.splitlines()[0]
+    data = fake_json()
+    data["benchmarks"] += [_train("wide-H256", "cupy-hand", 0.002),
+                           _train("wide-H256", "nnx-cupy", 0.0021)]
+    data["benchmarks"][-1]["extra_info"]["paired_vs_cupy-hand_median"] = 1.04
+    rows = {(r["config"], r["impl"]): r for r in bench.train_rows(data)}
+    assert rows["wide-H256", "nnx-cupy"]["vs_cupy-hand"] == pytest.approx(1.04)
+    assert rows["wide-H256", "nnx-cupy"]["vs_numpy-hand"] == pytest.approx(0.21)
+    table = bench.format_train_table(bench.train_rows(data))
+    assert "x cupy-hand" in table.splitlines()[0] and "x torch-hand-cuda" not in table

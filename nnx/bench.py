@@ -27,7 +27,9 @@ CEILING_SHARE = 0.90  # nnx's Dense core vs the raw matmuls, for H >= CEILING_FR
 CEILING_FROM_H = 256
 WIDE_RATIO = 1.10  # nnx step vs the hand-written NumPy (and torch) step
 MOONS_RATIO = 1.5
-PEERS = ("numpy-hand", "torch-hand", "sklearn")  # the training step's ratio columns
+# The training step's ratio columns; the GPU ones appear only in runs that measured them.
+PEERS = ("numpy-hand", "torch-hand", "sklearn", "cupy-hand", "torch-hand-cuda")
+CPU_PEERS = PEERS[:3]
 
 JSON_NAME = "bench.json"
 REPORT_NAME = "bench.md"
@@ -237,11 +239,13 @@ def format_core_table(rows: list[dict[str, Any]]) -> str:
 
 
 def format_train_table(rows: list[dict[str, Any]]) -> str:
+    measured = {r["impl"] for r in rows}
+    peers = [p for p in PEERS if p in CPU_PEERS or p in measured]
     header = ["network", "implementation", "dtype", "batch", "time / step",
-              "x numpy-hand", "x torch-hand", "x sklearn"]
+              *(f"x {p}" for p in peers)]
     body = [[r["config"], r["impl"], r["dtype"], str(r["batch"]), format_time(r["time_s"]),
-             *("-" if r[k] is None else f"{r[k]:.2f}"
-               for k in ("vs_numpy-hand", "vs_torch-hand", "vs_sklearn"))] for r in rows]
+             *("-" if r[f"vs_{p}"] is None else f"{r[f'vs_{p}']:.2f}" for p in peers)]
+            for r in rows]
     return _table(header, body, left=3)
 
 
