@@ -89,7 +89,7 @@ def test_train_rows_ratios():
 def test_targets_verdicts():
     data = fake_json()
     verdicts = bench.targets(bench.core_rows(data), bench.train_rows(data))
-    assert [v for _, v, _ in verdicts] == ["MISSED", "MISSED", "met", "met"]
+    assert [v for _, v, _ in verdicts] == ["MISSED", "MISSED", "met", "met", "not measured"]
     assert "torch-cpu float32 H=256: 80%" in verdicts[0][2]
     assert "moons: 2.00x (limit 1.50x)" in verdicts[1][2]
     empty = bench.targets([], [])
@@ -165,3 +165,20 @@ def test_gpu_peer_columns_appear_only_when_measured():
     assert rows["wide-H256", "nnx-cupy"]["vs_numpy-hand"] == pytest.approx(0.21)
     table = bench.format_train_table(bench.train_rows(data))
     assert "x cupy-hand" in table.splitlines()[0] and "x torch-hand-cuda" not in table
+
+
+def test_the_cupy_step_is_measured_against_its_own_matmuls():
+    data = fake_json()
+    data["benchmarks"] += [_train("wide-H1024", "cupy-matmuls", 0.010),
+                           _train("wide-H1024", "nnx-cupy", 0.014),
+                           _train("wide-H2048", "cupy-matmuls", 0.030),
+                           _train("wide-H2048", "nnx-cupy", 0.045)]
+    data["benchmarks"][-1]["extra_info"]["paired_vs_cupy-matmuls_median"] = 1.2
+    rows = {(r["config"], r["impl"]): r for r in bench.train_rows(data)}
+    assert rows["wide-H1024", "nnx-cupy"]["vs_matmuls"] == pytest.approx(1.4)  # separate
+    assert rows["wide-H2048", "nnx-cupy"]["vs_matmuls"] == pytest.approx(1.2)  # paired
+    assert rows["wide-H256", "nnx-numpy"]["vs_matmuls"] is None
+    title, verdict, detail = bench.targets([], bench.train_rows(data))[-1]
+    assert "cupy" in title and verdict == "MISSED"
+    assert detail == "wide-H1024: 1.40x, wide-H2048: 1.20x"
+    assert "x own matmuls" in bench.format_train_table(bench.train_rows(data))

@@ -340,6 +340,53 @@ class Nnx(Runner):
         return loss
 
 
+class Matmuls(Runner):
+    """Only the matrix products of one step, with the step's shapes, through the backend's
+    ``xp.matmul``: forward ``a @ W`` per layer, then ``a.T @ g`` per layer and ``g @ W.T``
+    for all but the first. The ceiling a whole step is measured against (the CuPy target)."""
+
+    def __init__(self, cfg, X, y, bench: BenchBackend) -> None:
+        super().__init__(cfg, X, y)
+        self.backend = bench.backend
+        self.xp = bench.backend.xp
+        self.dtype = bench.backend.dtype(cfg.dtype)
+        self.X = self.backend.asarray(X, dtype=self.dtype)
+        rng = np.random.default_rng(3)
+        self.G_host = rng.standard_normal((cfg.n, cfg.n_classes)) / cfg.n
+        self.G = self.backend.asarray(self.G_host, dtype=self.dtype)
+
+    def set_weights(self, weights):
+        self.weights_host = weights[0::2]
+        self.Ws = [self.backend.asarray(W, dtype=self.dtype) for W in self.weights_host]
+
+    def step(self):
+        xp, Ws = self.xp, self.Ws
+        acts = [self.X]
+        for W in Ws:
+            acts.append(xp.matmul(acts[-1], W))
+        g = self.G
+        dW = None
+        for i in reversed(range(len(Ws))):
+            dW = xp.matmul(acts[i].T, g)
+            if i > 0:
+                g = xp.matmul(g, Ws[i].T)
+        self.backend.synchronize()
+        return xp.sum(dW)
+
+    def check(self, start):
+        """The first layer's product ``X.T @ g`` against float64 NumPy (it depends on every
+        other product of the step)."""
+        self.set_weights(start)
+        got = self.step()
+        g = self.G_host
+        for W in reversed(self.weights_host[1:]):
+            g = g @ W.T
+        expected = np.sum(np.asarray(self.X_host, np.float64).T @ g)
+        tol = 1e-8 if self.cfg.dtype == "float64" else 1e-3
+        scale = np.sum(np.abs(np.asarray(self.X_host, np.float64).T @ g)) or 1.0
+        assert abs(float(nnx.to_numpy(got)) - expected) <= tol * scale, "matmul chain"
+
+
 # impl id -> (backend id it needs, or None; what it is)
 IMPLS = {
     "numpy-hand": ("numpy", "hand-written NumPy (the tutorial's way)"),
@@ -352,6 +399,10 @@ IMPLS = {
     "nnx-cupy": ("cupy", "nnx Sequential.train_step"),
     "torch-hand-cuda": ("torch-cuda", "hand-written torch ops, no autograd"),
     "nnx-torch-cuda": ("torch-cuda", "nnx Sequential.train_step"),
+    "numpy-matmuls": ("numpy", "the step's matrix products alone (its ceiling)"),
+    "torch-matmuls": ("torch-cpu", "the step's matrix products alone (its ceiling)"),
+    "cupy-matmuls": ("cupy", "the step's matrix products alone (its ceiling)"),
+    "torch-cuda-matmuls": ("torch-cuda", "the step's matrix products alone (its ceiling)"),
 }
 
 
@@ -368,6 +419,8 @@ def make_runner(impl: str, cfg: Config, X, y, bench: BenchBackend | None) -> Run
         return TorchAutograd(cfg, X, y)
     if impl == "sklearn":
         return Sklearn(cfg, X, y)
+    if impl.endswith("-matmuls"):
+        return Matmuls(cfg, X, y, bench)
     return Nnx(cfg, X, y, bench)
 
 
@@ -414,10 +467,10 @@ def run_step_benchmark(benchmark, request, impl: str, cfg: Config, mode: str) ->
 
 # nnx's implementations and the peers each is also timed against, interleaved.
 PAIRED = {
-    "nnx-numpy": ("numpy-hand", "sklearn"),
-    "nnx-torch": ("torch-hand",),
-    "nnx-cupy": ("cupy-hand",),
-    "nnx-torch-cuda": ("torch-hand-cuda",),
+    "nnx-numpy": ("numpy-hand", "sklearn", "numpy-matmuls"),
+    "nnx-torch": ("torch-hand", "torch-matmuls"),
+    "nnx-cupy": ("cupy-hand", "cupy-matmuls"),
+    "nnx-torch-cuda": ("torch-hand-cuda", "torch-cuda-matmuls"),
 }
 
 

@@ -20,13 +20,19 @@ from pathlib import Path
 from typing import Any
 
 BACKEND_ORDER = ("numpy", "torch-cpu", "strict-cpu", "cupy", "torch-cuda")
-TRAIN_ORDER = ("numpy-hand", "torch-hand", "torch-autograd", "sklearn", "nnx-numpy",
-               "nnx-torch", "cupy-hand", "nnx-cupy", "torch-hand-cuda", "nnx-torch-cuda")
+TRAIN_ORDER = ("numpy-matmuls", "numpy-hand", "torch-matmuls", "torch-hand", "torch-autograd",
+               "sklearn", "nnx-numpy", "nnx-torch", "cupy-matmuls", "cupy-hand", "nnx-cupy",
+               "torch-cuda-matmuls", "torch-hand-cuda", "nnx-torch-cuda")
 # The issue's targets.
 CEILING_SHARE = 0.90  # nnx's Dense core vs the raw matmuls, for H >= CEILING_FROM_H
 CEILING_FROM_H = 256
 WIDE_RATIO = 1.10  # nnx step vs the hand-written NumPy (and torch) step
 MOONS_RATIO = 1.5
+# Each nnx training step's own ceiling: the step's matrix products alone, on its backend.
+OWN_MATMULS = {"nnx-numpy": "numpy-matmuls", "nnx-torch": "torch-matmuls",
+               "nnx-cupy": "cupy-matmuls", "nnx-torch-cuda": "torch-cuda-matmuls"}
+GPU_STEP_RATIO = 1.25  # nnx's CuPy step vs its matmuls, for H >= GPU_STEP_FROM_H (wide)
+GPU_STEP_FROM_H = 1024
 # The training step's ratio columns; the GPU ones appear only in runs that measured them.
 PEERS = ("numpy-hand", "torch-hand", "sklearn", "cupy-hand", "torch-hand-cuda")
 CPU_PEERS = PEERS[:3]
@@ -130,14 +136,16 @@ def train_rows(data: dict[str, Any], stat: str = "min") -> list[dict[str, Any]]:
         rows.append({"config": info["config"], "impl": info["impl"], "dtype": info["dtype"],
                      "batch": int(info["batch"]), "sizes": info.get("sizes"),
                      "what": info.get("what", ""), "time_s": float(bench["stats"][stat]),
-                     "paired": {peer: float(info[f"paired_vs_{peer}_median"]) for peer in PEERS
-                                if f"paired_vs_{peer}_median" in info}})
+                     "paired": {key[len("paired_vs_"):-len("_median")]: float(value)
+                                for key, value in info.items()
+                                if key.startswith("paired_vs_") and key.endswith("_median")}})
     times = {(r["config"], r["impl"]): r["time_s"] for r in rows}
     for row in rows:
         paired = row.pop("paired")
-        for peer in PEERS:
+        own = OWN_MATMULS.get(row["impl"])
+        for column, peer in [*((p, p) for p in PEERS), ("matmuls", own)]:
             base = times.get((row["config"], peer))
-            row[f"vs_{peer}"] = paired.get(peer, row["time_s"] / base if base else None)
+            row[f"vs_{column}"] = paired.get(peer, row["time_s"] / base if base else None)
     rows.sort(key=lambda r: (_config_key(r["config"]), _order(r["impl"], TRAIN_ORDER)))
     return rows
 
@@ -180,6 +188,13 @@ def targets(core: list[dict[str, Any]], train: list[dict[str, Any]]) -> list[tup
                  "nnx-numpy", "sklearn", lambda c: 1.0)
     ratio_target(f"NNX_BACKEND=torch: nnx step <= {WIDE_RATIO:.2f}x hand-written torch step",
                  "nnx-torch", "torch-hand", lambda c: WIDE_RATIO)
+    wide_big = [r for r in train if r["config"] != "moons"
+                and _config_key(r["config"])[1] >= GPU_STEP_FROM_H]
+    gpu = [r for r in wide_big if r["impl"] == "nnx-cupy" and r["vs_matmuls"] is not None]
+    bad = [r for r in gpu if r["vs_matmuls"] > GPU_STEP_RATIO]
+    out.append((f"NNX_BACKEND=cupy: nnx step <= {GPU_STEP_RATIO:.2f}x its raw cupy.matmul "
+                f"calls for H >= {GPU_STEP_FROM_H}", _verdict(gpu, bad),
+                ", ".join(f"{r['config']}: {r['vs_matmuls']:.2f}x" for r in gpu)))
     return out
 
 
@@ -241,10 +256,11 @@ def format_core_table(rows: list[dict[str, Any]]) -> str:
 def format_train_table(rows: list[dict[str, Any]]) -> str:
     measured = {r["impl"] for r in rows}
     peers = [p for p in PEERS if p in CPU_PEERS or p in measured]
+    columns = [*peers, "matmuls"]
     header = ["network", "implementation", "dtype", "batch", "time / step",
-              *(f"x {p}" for p in peers)]
+              *(f"x {p}" for p in peers), "x own matmuls"]
     body = [[r["config"], r["impl"], r["dtype"], str(r["batch"]), format_time(r["time_s"]),
-             *("-" if r[f"vs_{p}"] is None else f"{r[f'vs_{p}']:.2f}" for p in peers)]
+             *("-" if r[f"vs_{c}"] is None else f"{r[f'vs_{c}']:.2f}" for c in columns)]
             for r in rows]
     return _table(header, body, left=3)
 
@@ -291,7 +307,8 @@ def render_report(data: dict[str, Any], stat: str = "min") -> str:
         lines.append("")
     if train:
         lines += ["## Training step: forward, loss, backward, SGD update", "",
-                  format_train_table(train), ""]
+                  "x own matmuls = time over that of the step's matrix products alone on "
+                  "the same backend (*-matmuls rows).", "", format_train_table(train), ""]
     lines += ["## Targets", ""]
     for title, verdict, detail in targets(core, train):
         lines.append(f"- **{verdict}**: {title}" + (f" ({detail})" if detail else ""))
