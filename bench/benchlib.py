@@ -205,12 +205,13 @@ def record_throughput(benchmark: Any, flops: float) -> None:
     record_rate(benchmark, flops, "gflops")
 
 
-def paired_rounds(mode: str, seconds_per_call: float, budget: float = 3.0) -> int:
+def paired_rounds(mode: str, seconds_per_call: float, budget: float = 4.0) -> int:
     """How many interleaved rounds :func:`paired_ratio` runs: one in the smoke run (the code
-    path is checked, nothing is measured), else as many as fit in `budget` seconds, 5 to 41."""
+    path is checked, nothing is measured), else as many as fit in `budget` seconds, 9 to 41
+    (with 5 rounds of the largest sizes one run's median still strayed by 10 points)."""
     if mode == "smoke":
         return 1
-    return int(min(41, max(5, budget / max(seconds_per_call, 1e-6))))
+    return int(min(41, max(9, budget / max(seconds_per_call, 1e-6))))
 
 
 def paired_ratio(fn: Any, peer: Any, rounds: int) -> dict[str, float]:
