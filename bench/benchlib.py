@@ -2,11 +2,15 @@
 
 Imported by ``bench/conftest.py`` and the ``bench/test_bench_*.py`` modules (pytest puts
 ``bench/`` on ``sys.path``, as for any test folder without ``__init__.py``).
+
+The backends and devices come from nnx's registry (:func:`nnx.backends.test_targets`, the
+same list the tests and ``nnx info`` use): a backend added there is benchmarked here too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 from typing import Any
@@ -16,28 +20,47 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.backend import BackendError, to_numpy
+from nnx.backends import test_targets, to_numpy
+from nnx.errors import BackendError
 
-# (id, nnx backend name, device)
-CANDIDATES = [
-    ("numpy", "numpy", None),
-    ("torch-cpu", "torch", "cpu"),
-    ("strict-cpu", "array_api_strict", "CPU_DEVICE"),
-    ("cupy", "cupy", None),
-    ("torch-cuda", "torch", "cuda"),
-]
-BACKEND_IDS = tuple(c[0] for c in CANDIDATES)
+# Targets of the registry the benchmarks leave out unless --bench-backends names them: they
+# run strict-cpu's arithmetic on the same CPU, so timing them again measures nothing new.
+NOT_TIMED = {
+    "strict-device1": "array-api-strict's simulated accelerator (the CPU, as strict-cpu)",
+    "strict-no_float64": "array-api-strict's device without float64 (the CPU, as strict-cpu)",
+}
+
+
+@functools.cache
+def candidates() -> dict[str, tuple[str, Any]]:
+    """``{target id: (nnx backend name, device)}`` for every target of
+    :func:`nnx.backends.test_targets` on this machine."""
+    return {target_id: (name, device) for target_id, name, device in test_targets()}
+
+
+def timed_ids() -> list[str]:
+    """The target ids measured when ``--bench-backends`` is not given."""
+    return [target_id for target_id in candidates() if target_id not in NOT_TIMED]
 
 
 def selected_backend_ids(config: pytest.Config) -> list[str]:
+    """The target ids to measure: ``--bench-backends``, else :func:`timed_ids`.
+
+    An id the registry does not list on this machine but whose backend it knows (such as
+    ``torch-cuda`` without CUDA) is kept, and its benchmarks skip with the reason; any other
+    unknown id is a usage error.
+    """
     raw = config.getoption("bench_backends")
     if not raw:
-        return list(BACKEND_IDS)
+        return timed_ids()
     wanted = [part.strip() for part in raw.split(",") if part.strip()]
-    unknown = [w for w in wanted if w not in BACKEND_IDS]
+    known = set(candidates())
+    prefixes = {target_id.split("-")[0] for target_id in known}
+    unknown = [w for w in wanted if w not in known and w.split("-")[0] not in prefixes]
     if unknown:
         raise pytest.UsageError(f"--bench-backends: {', '.join(unknown)} unknown; choose from: "
-                                f"{', '.join(BACKEND_IDS)}.")
+                                f"{', '.join(candidates())} (the targets of "
+                                "nnx.backends.test_targets() here, as nnx info lists them).")
     return wanted
 
 
@@ -48,45 +71,35 @@ class BenchBackend:
 
     id: str
     backend: nnx.Backend
-    on_gpu: bool
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the arrays live on a real accelerator (array-api-strict's simulated one
+        is the CPU)."""
+        return self.backend.is_accelerator and not self.backend.device_name().startswith("cpu")
 
     def info(self) -> dict[str, Any]:
         """Backend, device, library versions and TF32 state, for ``benchmark.extra_info``."""
         return {
             "backend": self.id,
             "nnx_backend": self.backend.name,
-            "device": str(self.backend.device),
+            "device": self.backend.device_label(),
             "device_name": self.backend.device_name(),
             "device_kind": "gpu" if self.on_gpu else "cpu",
             "library": self.backend.name,
             "library_version": self.backend.library_version(),
-            "tf32": tf32_allowed(self.id),
-            **cuda_versions(self.id),
+            "tf32": tf32_allowed(self.backend),
+            **self.backend.runtime_versions(),
             **environment_info(),
         }
 
 
-def cuda_versions(backend_id: str) -> dict[str, Any]:
-    """The CUDA runtime and driver versions a GPU backend runs with (empty on the CPU)."""
-    if backend_id == "cupy":
-        import cupy
-
-        runtime = cupy.cuda.runtime
-        return {"cuda_runtime": runtime.runtimeGetVersion(),
-                "cuda_driver": runtime.driverGetVersion()}
-    if backend_id == "torch-cuda":
-        import torch
-
-        return {"cuda_runtime": torch.version.cuda}
-    return {}
-
-
-def tf32_allowed(backend_id: str) -> bool:
+def tf32_allowed(backend: nnx.Backend) -> bool:
     """Whether float32 matrix products may use TF32 (only ever on a CUDA device)."""
-    if backend_id == "cupy":
+    if backend.name == "cupy":
         # CuPy reads CUPY_TF32 once, at its first float32 matmul.
-        return os.environ.get("CUPY_TF32", "0").strip() not in ("", "0")
-    if backend_id == "torch-cuda":
+        return nnx.cuda.tf32_enabled()
+    if backend.name == "torch" and backend.is_accelerator:
         import torch
 
         return bool(torch.backends.cuda.matmul.allow_tf32)
@@ -147,22 +160,16 @@ def environment_info() -> dict[str, Any]:
 
 
 def resolve_backend(backend_id: str) -> BenchBackend:
-    """Resolve a backend id from :data:`CANDIDATES`, or skip the test with the reason."""
-    _, name, device = next(c for c in CANDIDATES if c[0] == backend_id)
-    if backend_id == "torch-cuda":
-        try:
-            import torch
-        except ImportError as exc:
-            pytest.skip(f"torch-cuda unavailable: torch is not installed ({exc})")
-        if not torch.cuda.is_available():
-            pytest.skip("torch-cuda unavailable: torch.cuda.is_available() is False")
+    """Resolve a target id of :func:`candidates`, or skip the test with the reason."""
+    if backend_id not in candidates():
+        pytest.skip(f"{backend_id} is not a target on this machine: nnx.backends.test_targets() "
+                    f"lists {', '.join(candidates())}")
+    name, device = candidates()[backend_id]
     try:
         backend = nnx.get_backend(name, device)
     except (BackendError, ImportError) as exc:
         pytest.skip(f"{backend_id} unavailable: {exc}")
-    on_gpu = name == "cupy" or str(backend.device).startswith("cuda")
-    return BenchBackend(backend_id, backend, on_gpu)
-
+    return BenchBackend(backend_id, backend)
 
 
 def warm_up(fn: Any, calls: int = 2) -> None:

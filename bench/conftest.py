@@ -2,17 +2,19 @@
 
 With ``--benchmark-disable`` (how CI runs ``pytest -q tests bench --benchmark-disable``) every
 benchmark runs once, on the smallest sizes only, as a quick check that the code paths work and
-compute the right answer. Without it the full size sweep runs (opt-in; ``nnx bench`` drives it
-and prints the tables). ``--bench-quick`` measures a short sweep.
+compute the right answer. Without it the full size sweep runs (opt-in; ``bench/report.py``, or
+``nnx bench`` from a checkout, drives it and prints the tables). ``--bench-quick`` measures a
+short sweep.
 
-Backends that cannot run here (CuPy without a CUDA device, torch without CUDA) are skipped
-with the reason.
+The backends and devices are the targets of nnx's registry (:func:`nnx.backends.test_targets`,
+as ``nnx info`` lists them), less :data:`benchlib.NOT_TIMED` unless ``--bench-backends`` names
+them. Targets that cannot run here (CuPy without a CUDA device) are skipped with the reason.
 """
 
 from __future__ import annotations
 
 import pytest
-from benchlib import BACKEND_IDS, BenchBackend, limit_threads, resolve_backend, selected_backend_ids
+from benchlib import NOT_TIMED, BenchBackend, limit_threads, resolve_backend, selected_backend_ids
 
 # Hidden sizes of the Dense-core sweep and of the wide training network, per mode.
 CORE_HIDDEN = {"smoke": (16,), "quick": (16, 256, 1024), "full": (16, 64, 256, 1024, 2048, 4096)}
@@ -24,8 +26,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-quick", action="store_true", default=False,
                     help="measure a short sweep (core H in 16, 256, 1024; wide network H=256).")
     group.addoption("--bench-backends", default=None, metavar="IDS",
-                    help=f"comma-separated backend ids to measure; default all of: "
-                         f"{', '.join(BACKEND_IDS)}.")
+                    help="comma-separated target ids to measure, as nnx info lists them "
+                         "(nnx.backends.test_targets()); default: all of them but "
+                         f"{', '.join(NOT_TIMED)}.")
     group.addoption("--bench-hidden", default=None, metavar="SIZES",
                     help="comma-separated hidden sizes for the Dense-core sweep.")
     group.addoption("--bench-train-hidden", default=None, metavar="SIZES",
@@ -79,12 +82,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def bench_backend(request: pytest.FixtureRequest) -> BenchBackend:
-    """One backend of :data:`CANDIDATES` (``--bench-backends`` selects), skipped if unusable."""
+    """One target of the registry (``--bench-backends`` selects), skipped if unusable."""
     return resolve_backend(request.param)
 
 
 @pytest.fixture
 def mode(request: pytest.FixtureRequest) -> str:
     return bench_mode(request.config)
-
-

@@ -1,9 +1,10 @@
 """The matrix-multiply core: one Dense layer's forward and backward against raw matmuls.
 
-nnx's side is exactly what a training step runs for a layer H -> H: ``Dense.logits``
-(``x @ W + b``) and ``Dense.backward(g, through_activation=False)`` (``x.T @ g``, ``g @ W.T`` and
-the bias gradient ``sum(g, axis=0)``). The ceiling is the same three ``xp.matmul`` calls and the
-sum, on the same backend and arrays, with no layer around them.
+nnx's side is exactly what a training step runs for a layer H -> H:
+``Dense.logits(x, training=True)`` (``x @ W + b``, keeping `x` for the backward) and
+``Dense.backward(g, through_activation=False)`` (``x.T @ g``, ``g @ W.T`` and the bias gradient
+``sum(g, axis=0)``). The ceiling is the same three ``xp.matmul`` calls and the sum, on the same
+backend and arrays, with no layer around them.
 """
 
 from __future__ import annotations
@@ -77,7 +78,15 @@ def test_dense_core(benchmark, bench_backend: BenchBackend, core_hidden: int, dt
     backend = bench_backend.backend
     if dtype_name == "float64" and not backend.supports_float64:
         pytest.skip(f"{bench_backend.id} has no float64")
-    hidden = core_hidden
+    # Both sides inside the backend's scope for the dtype, as nnx's models run (JAX computes
+    # in float32 outside its x64 scope).
+    with backend.scope(dtype_name):
+        _measure(benchmark, bench_backend, core_hidden, dtype_name, impl, mode)
+
+
+def _measure(benchmark, bench_backend: BenchBackend, hidden: int, dtype_name: str, impl: str,
+             mode: str) -> None:
+    backend = bench_backend.backend
     batch = core_batch(hidden, bench_backend.on_gpu, mode)
     layer, x, g, host = _inputs(backend, hidden, batch, dtype_name)
     xp = backend.xp
@@ -85,7 +94,7 @@ def test_dense_core(benchmark, bench_backend: BenchBackend, core_hidden: int, dt
     sync = backend.synchronize
 
     def run_nnx():
-        z = layer.logits(x)
+        z = layer.logits(x, training=True)
         dx = layer.backward(g, through_activation=False)
         sync()
         return z, layer.dW, dx, layer.db
@@ -105,7 +114,8 @@ def test_dense_core(benchmark, bench_backend: BenchBackend, core_hidden: int, dt
     benchmark.extra_info.update({
         "kind": "core", "impl": impl, "hidden": hidden, "batch": batch, "dtype": dtype_name,
         "flops": flops,
-        "ops": ("Dense.logits + Dense.backward(through_activation=False)" if impl == "nnx"
+        "ops": ("Dense.logits(training=True) + Dense.backward(through_activation=False)"
+                if impl == "nnx"
                 else "xp.matmul x3 + xp.sum"),
     })
     warm_up(run, 1 if flops > 2e10 else 2)  # pytest-benchmark's calibration call follows

@@ -16,10 +16,13 @@ full batch, L2, float64 as in the tutorial) and a wider one (64 inputs, two tanh
     ``MLPClassifier(solver='sgd', activation='tanh')``, one ``partial_fit`` epoch with one batch
     (the whole data), no momentum, ``alpha = l2 * n`` (the same objective). For two classes
     scikit-learn uses one logistic output unit instead of a 2-way softmax.
-``nnx-numpy``, ``nnx-torch``
-    ``Sequential.train_step(X, Y)`` on device arrays (the NNX_BACKEND numpy or torch).
-``cupy-hand``, ``nnx-cupy``, ``torch-hand-cuda``, ``nnx-torch-cuda``
-    The same on a CUDA device, where one is usable.
+``cupy-hand``, ``torch-hand-cuda``
+    The hand-written step on a CUDA device, where one is usable.
+``nnx-<target>``, ``<target>-matmuls``
+    ``Sequential.train_step(X, Y)`` on device arrays (``Sequential.encode``), and the step's
+    matrix products alone (its ceiling), on every target of the registry the benchmarks time
+    (:func:`benchlib.selected_backend_ids`; ``nnx-numpy``, ``nnx-torch`` for torch-cpu,
+    ``nnx-cupy``, ``nnx-torch-cuda``, ...), but array-api-strict's (:data:`NOT_IN_TRAINING`).
 
 Every implementation starts from the same weights and its first step is checked against an
 independent float64 NumPy reference (one-hot targets, log-softmax): the loss and the gradient
@@ -28,6 +31,7 @@ independent float64 NumPy reference (one-hot targets, log-softmax): the loss and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 from itertools import pairwise
@@ -38,6 +42,7 @@ import pytest
 from benchlib import (
     BenchBackend,
     assert_close,
+    candidates,
     paired_ratio,
     paired_rounds,
     resolve_backend,
@@ -324,8 +329,7 @@ class Nnx(Runner):
         layers.append(nnx.Dense(sizes[-2], sizes[-1], "softmax"))
         self.model = nnx.Sequential(layers, l2=cfg.l2, dtype=cfg.dtype, backend=bench.backend)
         self.model.optimizer = nnx.SGD(lr=cfg.lr)
-        self.X = self.model._as_X(X, "bench")
-        self.Y, _ = self.model._as_y(y, cfg.n, "bench")
+        self.X, self.Y = self.model.encode(X, y)
         self.sync = bench.backend.synchronize
 
     def set_weights(self, weights):
@@ -387,23 +391,54 @@ class Matmuls(Runner):
         assert abs(float(nnx.to_numpy(got)) - expected) <= tol * scale, "matmul chain"
 
 
-# impl id -> (backend id it needs, or None; what it is)
-IMPLS = {
+# The hand-written peers: impl id -> (target id it needs, or None; what it is).
+PEERS = {
     "numpy-hand": ("numpy", "hand-written NumPy (the tutorial's way)"),
     "torch-hand": ("torch-cpu", "hand-written torch ops, no autograd"),
     "torch-autograd": ("torch-cpu", "PyTorch eager: nn.Linear, autograd, optim.SGD"),
     "sklearn": (None, "scikit-learn MLPClassifier.partial_fit, one full-batch epoch"),
-    "nnx-numpy": ("numpy", "nnx Sequential.train_step"),
-    "nnx-torch": ("torch-cpu", "nnx Sequential.train_step"),
     "cupy-hand": ("cupy", "hand-written CuPy (the tutorial's way)"),
-    "nnx-cupy": ("cupy", "nnx Sequential.train_step"),
     "torch-hand-cuda": ("torch-cuda", "hand-written torch ops, no autograd"),
-    "nnx-torch-cuda": ("torch-cuda", "nnx Sequential.train_step"),
-    "numpy-matmuls": ("numpy", "the step's matrix products alone (its ceiling)"),
-    "torch-matmuls": ("torch-cpu", "the step's matrix products alone (its ceiling)"),
-    "cupy-matmuls": ("cupy", "the step's matrix products alone (its ceiling)"),
-    "torch-cuda-matmuls": ("torch-cuda", "the step's matrix products alone (its ceiling)"),
 }
+# Each target's hand-written peers that nnx's step on it is also timed against, interleaved
+# (beside the step's own matmuls).
+HAND_PEERS = {"numpy": ("numpy-hand", "sklearn"), "torch-cpu": ("torch-hand",),
+              "cupy": ("cupy-hand",), "torch-cuda": ("torch-hand-cuda",)}
+# Backends the training step is not timed on (their Dense core is, in test_bench_core.py).
+NOT_IN_TRAINING = {
+    "array_api_strict": "the standard's reference implementation, not a library to train on",
+}
+
+
+def short_name(target_id: str) -> str:
+    """The target in impl ids: ``torch`` for torch-cpu (``nnx-torch``, ``torch-matmuls``)."""
+    return target_id.removesuffix("-cpu")
+
+
+def impls(target_ids: list[str]) -> dict[str, tuple[str | None, str]]:
+    """impl id -> (target id it needs, or None; what it is): the peers, and nnx's step and
+    its matmuls on each of `target_ids` but those of :data:`NOT_IN_TRAINING`."""
+    out = dict(PEERS)
+    for target_id in target_ids:
+        if candidates().get(target_id, ("",))[0] in NOT_IN_TRAINING:
+            continue
+        out[f"nnx-{short_name(target_id)}"] = (target_id, "nnx Sequential.train_step")
+        out[f"{short_name(target_id)}-matmuls"] = (
+            target_id, "the step's matrix products alone (its ceiling)")
+    return out
+
+
+def paired_peers(impl: str, backend_id: str | None) -> tuple[str, ...]:
+    """The impls `impl` is timed against, interleaved: nnx's step against its target's
+    hand-written peers and its own matmuls; the peers against nothing."""
+    if backend_id is None or impl != f"nnx-{short_name(backend_id)}":
+        return ()
+    return (*HAND_PEERS.get(backend_id, ()), f"{short_name(backend_id)}-matmuls")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "impl" in metafunc.fixturenames:
+        metafunc.parametrize("impl", list(impls(selected_backend_ids(metafunc.config))))
 
 
 def make_runner(impl: str, cfg: Config, X, y, bench: BenchBackend | None) -> Runner:
@@ -425,12 +460,21 @@ def make_runner(impl: str, cfg: Config, X, y, bench: BenchBackend | None) -> Run
 
 
 def run_step_benchmark(benchmark, request, impl: str, cfg: Config, mode: str) -> None:
-    backend_id, what = IMPLS[impl]
-    if backend_id is not None and backend_id not in selected_backend_ids(request.config):
+    selected = selected_backend_ids(request.config)
+    backend_id, what = impls(selected)[impl]
+    if backend_id is not None and backend_id in candidates() and backend_id not in selected:
         pytest.skip(f"{backend_id} not in --bench-backends")
     if impl == "sklearn":
         pytest.importorskip("sklearn", reason="scikit-learn is not installed")
     bench = resolve_backend(backend_id) if backend_id else None
+    # The matmul ceilings run inside the backend's scope for the dtype, as nnx's steps do
+    # (JAX computes in float32 outside its x64 scope).
+    with bench.backend.scope(cfg.dtype) if bench else contextlib.nullcontext():
+        _measure(benchmark, impl, what, cfg, mode, bench, backend_id)
+
+
+def _measure(benchmark, impl: str, what: str, cfg: Config, mode: str,
+             bench: BenchBackend | None, backend_id: str | None) -> None:
     X, y = make_data(cfg)
     runner = make_runner(impl, cfg, X, y, bench)
     runner.check(initial_weights(cfg))
@@ -452,7 +496,7 @@ def run_step_benchmark(benchmark, request, impl: str, cfg: Config, mode: str) ->
     })
     loss = benchmark(runner.step)
     assert np.isfinite(float(nnx.to_numpy(loss)))
-    for peer in PAIRED.get(impl, ()):
+    for peer in paired_peers(impl, backend_id):
         if peer == "sklearn" and importlib.util.find_spec("sklearn") is None:
             continue
         other = make_runner(peer, cfg, X, y, bench)
@@ -465,21 +509,10 @@ def run_step_benchmark(benchmark, request, impl: str, cfg: Config, mode: str) ->
         benchmark.extra_info.update({f"paired_vs_{peer}_{k}": v for k, v in paired.items()})
 
 
-# nnx's implementations and the peers each is also timed against, interleaved.
-PAIRED = {
-    "nnx-numpy": ("numpy-hand", "sklearn", "numpy-matmuls"),
-    "nnx-torch": ("torch-hand", "torch-matmuls"),
-    "nnx-cupy": ("cupy-hand", "cupy-matmuls"),
-    "nnx-torch-cuda": ("torch-hand-cuda", "torch-cuda-matmuls"),
-}
-
-
-@pytest.mark.parametrize("impl", list(IMPLS))
 def test_moons_step(benchmark, request, impl: str, mode: str) -> None:
     run_step_benchmark(benchmark, request, impl, MOONS, mode)
 
 
-@pytest.mark.parametrize("impl", list(IMPLS))
 def test_wide_step(benchmark, request, impl: str, train_hidden: int, mode: str) -> None:
     # The smoke run (--benchmark-disable) only checks the answers: a small batch will do.
     n = 256 if mode == "smoke" else 4096

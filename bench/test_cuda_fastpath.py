@@ -39,6 +39,7 @@ from benchlib import (
 import nnx
 from nnx import cuda
 from nnx.activations import ACTIVATIONS
+from nnx.backends.cupy.kernels import _fusable
 from nnx.losses import LOSSES
 
 SHAPE = {"smoke": (256, 64), "quick": (4096, 1024), "full": (4096, 1024)}
@@ -52,9 +53,9 @@ def gpu(request: pytest.FixtureRequest) -> BenchBackend:
 
 
 def cuda_info(bench: BenchBackend) -> dict[str, Any]:
-    import cupy
-
-    return {**bench.info(), "kind": "cuda-fastpath", "cupy": cupy.__version__,
+    """What the rows record: :meth:`BenchBackend.info` (device, CuPy, CUDA runtime and
+    driver versions), the kind and whether CUPY_TF32 asks for TF32."""
+    return {**bench.info(), "kind": "cuda-fastpath", "cupy": bench.backend.library_version(),
             "cupy_tf32": cuda.tf32_enabled()}
 
 
@@ -92,15 +93,14 @@ def run_step_benchmark(benchmark, bench: BenchBackend, variant: str, name: str, 
     # The check: one eager step and one replay from the same weights agree.
     eager = _network(sizes, n, dtype, l2, backend, seed=1)
     eager.optimizer = nnx.SGD(lr=lr)
-    Xd = eager._as_X(X, "bench")
-    Yd, _ = eager._as_y(y, n, "bench")
+    Xd, Yd = eager.encode(X, y)
     twin = _network(sizes, n, dtype, l2, backend, seed=1)
     step = cuda.capture_step(twin, Xd, Yd, optimizer="sgd", lr=lr)
     want, got = eager.train_step(Xd, Yd)[0], step()
     tol = tolerance(dtype, bench.info()["tf32"])
     assert_close(got, np.asarray(float(want)), tol, f"{name}: captured loss")
     step.sync_to_model()
-    for i, (p, q) in enumerate(zip(twin.get_params(), eager.get_params())):
+    for i, (p, q) in enumerate(zip(twin.parameters(), eager.parameters())):
         assert_close(p, np.asarray(nnx.to_numpy(q), dtype=np.float64), tol,
                      f"{name}: parameter {i} after one step")
 
@@ -151,7 +151,7 @@ def test_activation_backward(benchmark, gpu: BenchBackend, name: str, impl: str,
     grad = backend.asarray(rng.standard_normal(shape), xp.float32)
     generic = ACTIVATIONS[name].backward
     fused = cuda.fused_activations()[name].backward
-    assert cuda._fusable(a, grad)
+    assert _fusable(a, grad)
     want = np.asarray(nnx.to_numpy(generic(xp, a, grad)), dtype=np.float64)
     assert_close(fused(xp, a, grad), want, 2e-6, f"{name} backward: fused against generic")
 
@@ -178,7 +178,7 @@ def test_loss_gradient(benchmark, gpu: BenchBackend, loss: str, impl: str, mode:
                else rng.integers(0, 2, (n, k)))
     Y = backend.asarray(targets, xp.float32)
     generic, fused = LOSSES[loss].fn, cuda.fused_losses()[loss].fn
-    assert cuda._fusable(logits, Y)
+    assert _fusable(logits, Y)
     want_loss, want_grad = generic(xp, logits, Y)
     got_loss, got_grad = fused(xp, logits, Y)
     tol = tolerance("float32")

@@ -11,6 +11,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from nnx._validation import check_real
+from nnx.errors import InvalidParameterError
+
 
 @dataclasses.dataclass(frozen=True)
 class Activation:
@@ -113,9 +116,8 @@ def softmax_backward(xp, a, grad):
 
 def leaky_relu(slope: float = 0.01) -> Activation:
     """Leaky ReLU, ``max(z, slope * z)``, for a slope in (0, 1)."""
-    slope = float(slope)
-    if not 0 < slope < 1:
-        raise ValueError(f"leaky_relu: slope must be in (0, 1); received slope={slope}.")
+    slope = check_real(slope, "slope", "leaky_relu", low=0, high=1, low_open=True,
+                       high_open=True)
 
     def forward(xp, z):
         return xp.where(z > 0, z, slope * z)
@@ -143,7 +145,7 @@ def get_activation(activation: str | Activation | None) -> Activation:
     if isinstance(activation, Activation):
         return activation
     if activation is not None and not isinstance(activation, str):
-        raise TypeError(
+        raise InvalidParameterError(
             f"activation must be a name or nnx.activations.Activation; "
             f"received {type(activation).__name__}."
         )
@@ -158,7 +160,7 @@ def get_activation(activation: str | Activation | None) -> Activation:
         if slope is not None:
             return leaky_relu(slope)
     if key not in ACTIVATIONS:
-        raise ValueError(
+        raise InvalidParameterError(
             f"activation={activation!r} is unknown; choose one of: {', '.join(ACTIVATIONS)}."
         )
     return ACTIVATIONS[key]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from nnx._validation import check_bool, check_instance, check_int, check_real
+from nnx.errors import InvalidParameterError
 
 
 class History:
@@ -48,6 +50,10 @@ class History:
 class Callback:
     """Hook into ``fit``. Set ``model.stop_training = True`` to stop after this epoch."""
 
+    def check_figures(self, figures: list[str]) -> None:
+        """Called before the first epoch with the names of the figures every epoch will log;
+        raise here if the callback cannot work with them (nothing has been trained yet)."""
+
     def on_train_begin(self, model: Any) -> None:
         """Called once before the first epoch."""
 
@@ -73,17 +79,15 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor: str = "val_loss", patience: int = 10, min_delta: float = 0.0,
                  restore_best_weights: bool = True) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError("EarlyStopping: patience must be an integer >= 0; "
-                             f"received {patience!r}.")
-        if (isinstance(min_delta, bool) or not isinstance(min_delta, (int, float))
-                or not math.isfinite(min_delta) or min_delta < 0):
-            raise ValueError("EarlyStopping: min_delta must be finite and >= 0; "
-                             f"received {min_delta!r}.")
-        self.monitor = monitor
-        self.patience = patience
-        self.min_delta = float(min_delta)
-        self.restore_best_weights = restore_best_weights
+        where = "EarlyStopping"
+        self.monitor = check_instance(monitor, "monitor", where, str, "a figure's name")
+        self.patience = check_int(patience, "patience", where, low=0)
+        self.min_delta = check_real(min_delta, "min_delta", where, low=0)
+        self.restore_best_weights = check_bool(restore_best_weights, "restore_best_weights",
+                                               where)
+        # What this fit watches: `monitor`, or loss when val_loss is asked for and there is
+        # no validation data. Kept apart from `monitor`, so a reused callback starts afresh.
+        self.watching = monitor
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.best_params: list[Any] | None = None
@@ -92,30 +96,33 @@ class EarlyStopping(Callback):
     def __repr__(self) -> str:
         return f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience})"
 
+    def check_figures(self, figures: list[str]) -> None:
+        watching = self.monitor
+        if watching not in figures and watching == "val_loss" and "loss" in figures:
+            watching = "loss"
+        if watching not in figures:
+            raise InvalidParameterError(
+                f"EarlyStopping: monitor={self.monitor!r} is not among the epoch's figures "
+                f"{sorted(figures)}; pass validation_data or monitor one of those.")
+        self.watching = watching
+
     def on_train_begin(self, model: Any) -> None:
         self.best, self.best_epoch, self.best_params, self.wait = None, None, None, 0
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
             return True
-        if self.monitor.endswith("accuracy"):
+        if self.watching.endswith("accuracy"):
             return value > self.best + self.min_delta
         return value < self.best - self.min_delta
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
-        monitor = self.monitor
-        if monitor not in logs:
-            if monitor == "val_loss" and "loss" in logs:
-                monitor = self.monitor = "loss"
-            else:
-                raise ValueError(
-                    f"EarlyStopping: monitor={self.monitor!r} is not among the epoch's figures "
-                    f"{sorted(logs)}; pass validation_data or monitor one of those."
-                )
-        value = logs[monitor]
+        if self.watching not in logs:
+            self.check_figures(list(logs))
+        value = logs[self.watching]
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
-            self.best_params = model.get_params()
+            self.best_params = model.parameters()
         else:
             self.wait += 1
             if self.wait > self.patience:
@@ -123,6 +130,6 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, model: Any) -> None:
         if self.restore_best_weights and self.best_params is not None:
-            model.set_params(self.best_params)
+            model.assign_parameters(self.best_params)
         if model.history is not None:
             model.history.best_epoch = self.best_epoch

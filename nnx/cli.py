@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -24,16 +22,17 @@ from typing import Any
 import numpy as np
 
 from nnx import datasets
-from nnx.backend import CHOICES, BackendError, get_backend, to_numpy
-from nnx.io import write_atomically
+from nnx.backends import CHOICES, get_backend, test_targets, to_numpy
+from nnx.errors import NnxError
+from nnx.saving import write_atomically
 
 GENERATED = ("moons", "circles", "spiral")
 DEFAULT_LR = {"sgd": 0.5, "momentum": 0.05, "nesterov": 0.05, "adam": 0.01}
 SMALL_DATA = 50  # below this many samples no validation set is held out by default
 
 
-class UsageError(Exception):
-    """A command-line mistake argparse found."""
+class UsageError(NnxError, ValueError):
+    """A mistake on the command line."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,11 +126,11 @@ def _load_data(args: Any) -> tuple[np.ndarray, np.ndarray, str]:
     generated = args.samples is not None or args.noise is not None
     if name in datasets.BUILTIN or name in datasets.SKLEARN:
         if args.target is not None:
-            raise ValueError(f"--target names a CSV column; --data {name} is a built-in data "
+            raise UsageError(f"--target names a CSV column; --data {name} is a built-in data "
                              "set.")
         kwargs: dict[str, Any] = {}
         if generated and name not in GENERATED:
-            raise ValueError(f"--samples and --noise apply to generated data "
+            raise UsageError(f"--samples and --noise apply to generated data "
                              f"({', '.join(GENERATED)}); --data {name} is fixed.")
         if args.noise is not None:
             kwargs["noise"] = args.noise
@@ -146,10 +145,10 @@ def _load_data(args: Any) -> tuple[np.ndarray, np.ndarray, str]:
     if not looks_like_file:
         datasets.load(name)  # raises the list of known names
     if generated:
-        raise ValueError("--samples and --noise apply to generated data "
+        raise UsageError("--samples and --noise apply to generated data "
                          f"({', '.join(GENERATED)}), not to a CSV file.")
     if args.target is None:
-        raise ValueError(f"--data {name} is a CSV file: name its label column with --target "
+        raise UsageError(f"--data {name} is a CSV file: name its label column with --target "
                          "COLUMN.")
     X, y, _ = datasets.load_csv(name, target=args.target)
     return X, y, os.path.basename(name)
@@ -159,15 +158,15 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
     y = np.asarray(y)
     if y.dtype.kind == "f" and not np.all(y == np.round(y)):
         bad = y[y != np.round(y)][0]
-        raise ValueError(f"{where}: the labels must be integer classes 0, 1, 2, ...; received "
+        raise UsageError(f"{where}: the labels must be integer classes 0, 1, 2, ...; received "
                          f"{bad:g}.")
     y = y.astype(np.int64)
     if y.min() < 0:
-        raise ValueError(f"{where}: the labels must be integer classes 0, 1, 2, ...; received "
+        raise UsageError(f"{where}: the labels must be integer classes 0, 1, 2, ...; received "
                          f"{y.min()}.")
     if y.max() >= len(y):
         # The output layer gets max + 1 units: a stray large label would ask for a huge one.
-        raise ValueError(f"{where}: the labels must be classes 0, 1, 2, ... below the number "
+        raise UsageError(f"{where}: the labels must be classes 0, 1, 2, ... below the number "
                          f"of rows ({len(y)}); received the label {y.max()}. Is the label "
                          "column (--target) the right one?")
     return y
@@ -190,9 +189,9 @@ def _check_output_path(path: str | None, option: str) -> None:
         return
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise ValueError(f"{option} {path}: the folder {folder} does not exist.")
+        raise UsageError(f"{option} {path}: the folder {folder} does not exist.")
     if os.path.isdir(path):
-        raise ValueError(f"{option} {path} is a folder; give a file name.")
+        raise UsageError(f"{option} {path} is a folder; give a file name.")
 
 
 def _check_plot_path(path: str | None) -> None:
@@ -206,25 +205,13 @@ def _check_plot_path(path: str | None) -> None:
     ext = os.path.splitext(path)[1].lstrip(".").lower()
     formats = FigureCanvasBase.get_supported_filetypes()
     if ext and ext not in formats:
-        raise ValueError(f"--plot {path}: matplotlib cannot write .{ext} files; use one of: "
+        raise UsageError(f"--plot {path}: matplotlib cannot write .{ext} files; use one of: "
                          f"{', '.join(sorted(formats))}.")
-
-
-def _device_text(backend: Any) -> str:
-    """The device as a user would name it: 'cpu', 'device1', 'cuda:0'."""
-    device = backend.device
-    if backend.name == "cupy":
-        return f"cuda:{device.id}"
-    match = re.fullmatch(r"array_api_strict\.Device\('(.*)'\)", str(device))
-    return match.group(1) if match else str(device)
 
 
 def _where(backend: Any) -> str:
     """'numpy 2.1.3 on cpu', 'cupy 14.0.0 on NVIDIA H100 80GB HBM3 (cuda:0)'."""
-    device = _device_text(backend)
-    name = device if backend.name == "array_api_strict" else backend.device_name()
-    place = name if device in name else f"{name} ({device})"
-    return f"{backend.name} {backend.library_version()} on {place}"
+    return backend.describe()
 
 
 def _architecture(model: Any, arrow: str = " -> ") -> str:
@@ -274,17 +261,17 @@ def train(args: Any) -> int:
     _check_output_path(args.plot, "--plot")
     _check_plot_path(args.plot)
     if args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1; received {args.epochs}.")
+        raise UsageError(f"--epochs must be >= 1; received {args.epochs}.")
     if args.seed < 0:
-        raise ValueError(f"--seed must be an integer >= 0; received {args.seed}.")
+        raise UsageError(f"--seed must be an integer >= 0; received {args.seed}.")
     if any(size < 1 for size in args.hidden):
-        raise ValueError("--hidden sizes must be integers >= 1; received "
+        raise UsageError("--hidden sizes must be integers >= 1; received "
                          f"{' '.join(map(str, args.hidden))}.")
     if args.validation_split is not None and not 0 <= args.validation_split < 1:
-        raise ValueError("--validation-split must be a fraction in [0, 1); received "
+        raise UsageError("--validation-split must be a fraction in [0, 1); received "
                          f"{args.validation_split:g}.")
     if args.test_size is not None and not 0 < args.test_size < 1:
-        raise ValueError(f"--test-size must be a fraction in (0, 1); received "
+        raise UsageError(f"--test-size must be a fraction in (0, 1); received "
                          f"{args.test_size:g}.")
     backend = get_backend(args.backend, args.device)
     X, y, name = _load_data(args)
@@ -313,7 +300,7 @@ def train(args: Any) -> int:
     optimizer = get_optimizer(args.optimizer, lr=lr,
                               schedule=_schedule(args.schedule, args.epochs))
     if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1; received {args.batch_size}.")
+        raise UsageError(f"--batch-size must be >= 1; received {args.batch_size}.")
     early_stopping = None
     if args.early_stopping is not None:
         early_stopping = EarlyStopping(patience=args.early_stopping)
@@ -409,11 +396,11 @@ def predict(args: Any) -> int:
 
     _check_output_path(args.out, "--out")
     if not os.path.isfile(args.model):
-        raise ValueError(f"{args.model}: no such model file.")
+        raise UsageError(f"{args.model}: no such model file.")
     model = nnx.load(args.model, backend=args.backend, device=args.device)
     X, y, _ = datasets.load_csv(args.data, target=args.target)
     if args.target is None and X.shape[1] == model.n_in + 1:
-        raise ValueError(f"{args.data} has {X.shape[1]} columns but the model takes "
+        raise UsageError(f"{args.data} has {X.shape[1]} columns but the model takes "
                          f"{model.n_in} features; name the label column with --target COLUMN.")
     outputs = to_numpy(model.predict(X))
     classifier = outputs.ndim == 1
@@ -480,14 +467,6 @@ def _probe(name: str, device: Any = None) -> tuple[bool, str]:
     return True, _where(backend)
 
 
-def _torch_cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
 def info(args: Any) -> int:
     import array_api_compat
 
@@ -501,7 +480,7 @@ def info(args: Any) -> int:
     try:
         selected = get_backend(args.backend, args.device)
         details = nnx.backend_info(selected)
-    except (ValueError, TypeError, BackendError, ImportError) as exc:
+    except NnxError as exc:
         error = exc
     else:
         float64 = "float64 supported" if details["float64_supported"] else "no float64"
@@ -509,11 +488,7 @@ def info(args: Any) -> int:
         if details["reason"]:
             print(f"because      {details['reason']}")
     print("backends here:")
-    candidates: list[tuple[str, str, Any]] = [("numpy", "numpy", None),
-                                              ("torch", "torch", None)]
-    if _torch_cuda():
-        candidates.append(("torch cuda", "torch", "cuda"))
-    candidates += [("array_api_strict", "array_api_strict", None), ("cupy", "cupy", None)]
+    candidates = test_targets()
     width = max(len(label) for label, _, _ in candidates)
     for label, name, device in candidates:
         ok, detail = _probe(name, device)
@@ -524,15 +499,35 @@ def info(args: Any) -> int:
 
 
 # -- nnx bench --------------------------------------------------------------------------------
+def _bench_dir(argv: list[str]) -> tuple[str, list[str]]:
+    """The checkout's ``bench/`` folder: ``--bench-dir DIR`` if given, else ``./bench``."""
+    folder = "bench"
+    rest = list(argv)
+    if "--bench-dir" in rest:
+        k = rest.index("--bench-dir")
+        if k + 1 >= len(rest):
+            raise UsageError("--bench-dir needs a folder (the bench/ of an nnx checkout).")
+        folder = rest[k + 1]
+        del rest[k:k + 2]
+    return folder, rest
+
+
 def bench(argv: Sequence[str]) -> int:
-    try:
-        module = importlib.import_module("nnx.bench")
-    except ModuleNotFoundError as exc:
-        if exc.name == "nnx.bench":
-            raise ImportError("'nnx bench' is not available: this installation of nnx has no "
-                              "nnx.bench module.") from None
-        raise
-    return int(module.main(list(argv)) or 0)
+    """``nnx bench``: run the benchmarks of a source checkout (they are not installed with
+    nnx) through ``bench/report.py``."""
+    import importlib.util
+
+    folder, rest = _bench_dir(list(argv))
+    script = os.path.join(folder, "report.py")
+    if not os.path.isfile(script):
+        raise UsageError(
+            f"'nnx bench' runs the benchmarks of an nnx source checkout, and {script} does not "
+            "exist: run it from the repository's root, pass --bench-dir PATH/TO/bench, or run "
+            "'nox -s bench' there.")
+    spec = importlib.util.spec_from_file_location("nnx_bench_report", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(["--bench-dir", folder, *rest]) or 0)
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -576,7 +571,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nnx: error: out of memory{detail}; use smaller --hidden sizes, a smaller "
               "--batch-size, or --dtype float32.", file=sys.stderr)
         return 2
-    except (UsageError, ValueError, TypeError, OSError, BackendError, ImportError) as exc:
+    except (NnxError, OSError) as exc:
+        # nnx's own errors and the system's (a file that cannot be read or written) are the
+        # user's to fix: one line. Anything else is a bug, and keeps its traceback.
         if isinstance(exc, BrokenPipeError):
             # The reader of our output went away (| head): not an error of ours.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -12,26 +12,30 @@ from typing import Any
 
 import numpy as np
 
+from nnx.errors import InvalidDataError, InvalidParameterError, MissingDependencyError
+
 
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                              or seed < 0):
-        raise ValueError("seed must be an integer >= 0, a numpy.random.Generator or None; "
-                         f"received seed={seed!r}.")
+        raise InvalidParameterError("seed must be an integer >= 0, a numpy.random.Generator "
+                                    f"or None; received seed={seed!r}.")
     return np.random.default_rng(seed)
 
 
 def _count(n: Any, name: str, minimum: int = 1) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; received {name}={n!r}.")
+        raise InvalidParameterError(f"{name} must be an integer >= {minimum}; received "
+                                    f"{name}={n!r}.")
     return int(n)
 
 
 def _noise(noise: Any) -> float:
     if not isinstance(noise, (int, float, np.floating)) or not np.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be a finite number >= 0; received noise={noise!r}.")
+        raise InvalidParameterError(f"noise must be a finite number >= 0; received "
+                                    f"noise={noise!r}.")
     return float(noise)
 
 
@@ -62,7 +66,7 @@ def make_circles(n: int = 200, noise: float = 0.1, factor: float = 0.5, seed: in
     """A small circle (label 1) inside a large one (label 0)."""
     n, noise, rng = _count(n, "n", 2), _noise(noise), _rng(seed)
     if not 0 < factor < 1:
-        raise ValueError(f"factor must be in (0, 1); received factor={factor!r}.")
+        raise InvalidParameterError(f"factor must be in (0, 1); received factor={factor!r}.")
     n_out = n // 2
     n_in = n - n_out
     t_out = np.linspace(0, 2 * np.pi, n_out, endpoint=False)
@@ -126,15 +130,15 @@ def one_hot(y: Any, n_classes: int | None = None) -> np.ndarray:
     """One-hot rows (float64) for integer labels `y`, checked to lie in ``[0, n_classes)``."""
     labels = np.asarray(y)
     if labels.ndim != 1:
-        raise ValueError(f"one_hot: y must be 1-D; received shape {labels.shape}.")
+        raise InvalidDataError(f"one_hot: y must be 1-D; received shape {labels.shape}.")
     if labels.size and (not np.all(np.isfinite(labels)) if labels.dtype.kind == "f" else False):
-        raise ValueError("one_hot: y contains NaN or inf.")
+        raise InvalidDataError("one_hot: y contains NaN or inf.")
     if labels.size and labels.dtype.kind not in "iub" and not np.all(labels == np.round(labels)):
-        raise ValueError("one_hot: y must hold integer labels; received non-integer values.")
+        raise InvalidDataError("one_hot: y must hold integer labels; received non-integer values.")
     labels = labels.astype(np.int64)
     k = int(labels.max()) + 1 if n_classes is None and labels.size else (n_classes or 0)
     if labels.size and (labels.min() < 0 or labels.max() >= k):
-        raise ValueError(
+        raise InvalidDataError(
             f"one_hot: labels must be in [0, {k}); received min {labels.min()}, max {labels.max()}."
         )
     out = np.zeros((labels.size, k))
@@ -150,9 +154,10 @@ def train_test_split(X: Any, y: Any, test_size: float = 0.25, seed: int | None =
     """
     X, y = np.asarray(X), np.asarray(y)
     if len(X) != len(y):
-        raise ValueError(f"train_test_split: X has {len(X)} rows but y has {len(y)}.")
+        raise InvalidDataError(f"train_test_split: X has {len(X)} rows but y has {len(y)}.")
     if not 0 < test_size < 1:
-        raise ValueError(f"test_size must be in (0, 1); received test_size={test_size!r}.")
+        raise InvalidParameterError(f"test_size must be in (0, 1); received "
+                                    f"test_size={test_size!r}.")
     rng = _rng(seed)
     if stratify:
         test = []
@@ -168,7 +173,7 @@ def train_test_split(X: Any, y: Any, test_size: float = 0.25, seed: int | None =
         n_test = max(1, int(round(test_size * len(y))))
         test_idx, train_idx = order[:n_test], order[n_test:]
     if len(train_idx) == 0 or len(test_idx) == 0:
-        raise ValueError(f"train_test_split: {len(y)} samples are too few for "
+        raise InvalidDataError(f"train_test_split: {len(y)} samples are too few for "
                          f"test_size={test_size}.")
     return X[train_idx], X[test_idx], y[train_idx], y[test_idx]
 
@@ -192,27 +197,29 @@ def load_csv(path: str | os.PathLike, target: str | None = None):
         with open(path, newline="") as handle:
             rows = list(csv.reader(handle))
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read the CSV file ({exc.strerror}).") from None
+        raise InvalidDataError(f"{path}: cannot read the CSV file ({exc.strerror}).") from None
     rows = [row for row in rows if any(cell.strip() for cell in row)]
     if len(rows) < 2:
-        raise ValueError(f"{path}: expected a header row and at least one data row.")
+        raise InvalidDataError(f"{path}: expected a header row and at least one data row.")
     header = [name.strip() for name in rows[0]]
     if target is not None and target not in header:
-        raise ValueError(f"{path}: no column named {target!r}; the columns are {header}.")
+        raise InvalidDataError(f"{path}: no column named {target!r}; the columns are {header}.")
     values = np.empty((len(rows) - 1, len(header)))
     for i, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise ValueError(f"{path}, line {i}: {len(row)} cells; the header has {len(header)}.")
+            raise InvalidDataError(f"{path}, line {i}: {len(row)} cells; the header has "
+                                   f"{len(header)}.")
         for j, cell in enumerate(row):
             try:
                 value = float(cell)
             except ValueError:
-                raise ValueError(
+                raise InvalidDataError(
                     f"{path}, line {i}, column {header[j]!r}: {cell!r} is not a number; "
                     "nnx reads numeric CSV files only (encode categories as numbers first)."
                 ) from None
             if not np.isfinite(value):
-                raise ValueError(f"{path}, line {i}, column {header[j]!r}: {cell.strip()!r} is "
+                raise InvalidDataError(f"{path}, line {i}, column {header[j]!r}: "
+                                       f"{cell.strip()!r} is "
                                  "not a finite number; fill or drop missing values first.")
             values[i - 2, j] = value
     if target is None:
@@ -229,11 +236,12 @@ def load_sklearn(name: str):
     """
     loaders = {"digits": "load_digits", "iris": "load_iris", "breast_cancer": "load_breast_cancer"}
     if name not in loaders:
-        raise ValueError(f"data set {name!r} is unknown; choose one of: {', '.join(loaders)}.")
+        known = ", ".join(loaders)
+        raise InvalidParameterError(f"data set {name!r} is unknown; choose one of: {known}.")
     try:
         import sklearn.datasets
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             f"the {name!r} data set comes with scikit-learn; install it with "
             "pip install 'nnx-arrays[datasets]'."
         ) from None
@@ -257,7 +265,7 @@ def load(name: str, seed: int | None = 0, **kwargs: Any):
     if name in SKLEARN:
         return load_sklearn(name)
     if name not in BUILTIN:
-        raise ValueError(
+        raise InvalidDataError(
             f"data set {name!r} is unknown; choose one of: {', '.join([*BUILTIN, *SKLEARN])}, "
             "or give a CSV file."
         )

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nnx.activations import row_max, row_sum
+from nnx.errors import InvalidParameterError
 
 
 def softmax_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
@@ -88,6 +89,11 @@ class Loss:
     def __repr__(self) -> str:
         return self.name
 
+    def __call__(self, xp: Any, out: Any, Y: Any, grad: bool = True,
+                 scale: float = 1.0) -> tuple[Any, Any]:
+        """``(loss, scale * d(loss)/d(out))``; see the module's docstring."""
+        return self.fn(xp, out, Y, grad=grad, scale=scale)
+
 
 LOSSES: dict[str, Loss] = {
     "cross_entropy": Loss("cross_entropy", softmax_cross_entropy, "softmax", True),
@@ -105,10 +111,12 @@ def get_loss(loss: str | Loss) -> Loss:
     if isinstance(loss, Loss):
         return loss
     if not isinstance(loss, str):
-        raise TypeError(f"loss must be a name or nnx.losses.Loss; received {type(loss).__name__}.")
+        raise InvalidParameterError(f"loss must be a name or nnx.losses.Loss; received "
+                                    f"{type(loss).__name__}.")
     key = _ALIASES.get(loss.lower(), loss.lower())
     if key not in LOSSES:
-        raise ValueError(f"loss={loss!r} is unknown; choose one of: {', '.join(LOSSES)}.")
+        names = ", ".join(LOSSES)
+        raise InvalidParameterError(f"loss={loss!r} is unknown; choose one of: {names}.")
     return LOSSES[key]
 
 

@@ -12,24 +12,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from nnx._validation import check_bool, check_int, check_real
+from nnx.errors import InvalidParameterError
+
 
 def _positive(value: Any, name: str, where: str, allow_zero: bool = False) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{where}: {name} must be a number; received {value!r}.") from None
-    ok = math.isfinite(number) and (number >= 0 if allow_zero else number > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{where}: {name} must be finite and {bound}; received {name}={value!r}.")
-    return number
+    return check_real(value, name, where, low=0, low_open=not allow_zero)
 
 
 def _fraction(value: Any, name: str, where: str) -> float:
-    number = _positive(value, name, where, allow_zero=True)
-    if number >= 1:
-        raise ValueError(f"{where}: {name} must be in [0, 1); received {name}={value!r}.")
-    return number
+    return check_real(value, name, where, low=0, high=1, high_open=True)
 
 
 # -- schedules ------------------------------------------------------------------------------
@@ -52,7 +44,7 @@ class StepDecay(Schedule):
     """Multiply the rate by `factor` every `every` epochs."""
 
     def __init__(self, every: int = 10, factor: float = 0.5) -> None:
-        self.every = int(_positive(every, "every", "StepDecay"))
+        self.every = check_int(every, "every", "StepDecay", low=1)
         self.factor = _positive(factor, "factor", "StepDecay")
 
     def __call__(self, epoch: int) -> float:
@@ -102,7 +94,7 @@ def get_schedule(schedule: str | Schedule | None, **kwargs: Any) -> Schedule:
         return _CallableSchedule(schedule)
     key = str(schedule).lower()
     if key not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is unknown; choose one of: "
+        raise InvalidParameterError(f"schedule={schedule!r} is unknown; choose one of: "
                          f"{', '.join(SCHEDULES)}.")
     return SCHEDULES[key](**kwargs)
 
@@ -112,7 +104,18 @@ class _CallableSchedule(Schedule):
         self.fn = fn
 
     def __call__(self, epoch: int) -> float:
-        return float(self.fn(epoch))
+        return self.fn(epoch)
+
+    def __repr__(self) -> str:
+        return f"schedule {getattr(self.fn, '__name__', self.fn)!r}"
+
+
+def _finite_non_negative(value: Any) -> bool:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(number) and number >= 0
 
 
 # -- optimizers -----------------------------------------------------------------------------
@@ -131,8 +134,16 @@ class Optimizer:
         self.epoch = 0
 
     def rate(self) -> float:
-        """The learning rate in force for the current epoch."""
-        return self.lr * self.schedule(self.epoch)
+        """The learning rate in force for the current epoch (the schedule's multiplier is
+        checked: a finite number >= 0, else nothing trains on it)."""
+        factor = self.schedule(self.epoch)
+        if (isinstance(factor, bool) or not isinstance(factor, (int, float))
+                and type(factor).__module__ != "numpy") or not _finite_non_negative(factor):
+            raise InvalidParameterError(
+                f"{type(self).__name__}: the {self.schedule!r} gave {factor!r} at epoch "
+                f"{self.epoch}; a schedule must return a finite number >= 0 (the factor on "
+                f"lr={self.lr:g}).")
+        return self.lr * float(factor)
 
     def grad_scale(self) -> float:
         """The factor the model should fold into the loss gradient (1: raw gradients)."""
@@ -161,9 +172,11 @@ class SGD(Optimizer):
                  schedule: str | Schedule | None = None) -> None:
         super().__init__(lr, schedule)
         self.momentum = _fraction(momentum, "momentum", "SGD")
+        nesterov = check_bool(nesterov, "nesterov", "SGD")
         if nesterov and self.momentum == 0:
-            raise ValueError("SGD: nesterov=True needs momentum > 0; received momentum=0.")
-        self.nesterov = bool(nesterov)
+            raise InvalidParameterError("SGD: nesterov=True needs momentum > 0; received "
+                                        "momentum=0.")
+        self.nesterov = nesterov
         self.velocity: list[Any] | None = None
 
     def __repr__(self) -> str:
@@ -237,7 +250,7 @@ def get_optimizer(optimizer: str | Optimizer | None, lr: float | None = None,
         given = [f"{name}={value!r}" for name, value in (("lr", lr), ("schedule", schedule))
                  if value is not None]
         if given:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"optimizer={optimizer!r} was given with {' and '.join(given)}; set them on "
                 f"the optimizer itself (e.g. nnx.{type(optimizer).__name__}(lr=..., "
                 "schedule=...)) or pass the optimizer by name."
@@ -245,7 +258,7 @@ def get_optimizer(optimizer: str | Optimizer | None, lr: float | None = None,
         return optimizer
     name = (optimizer or "sgd").lower() if isinstance(optimizer, (str, type(None))) else None
     if name not in OPTIMIZERS:
-        raise ValueError(
+        raise InvalidParameterError(
             f"optimizer={optimizer!r} is unknown; choose one of: {', '.join(OPTIMIZERS)}."
         )
     if name == "momentum":

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from nnx.backend import to_numpy
+from nnx.backends import to_numpy
 from nnx.callbacks import History
+from nnx.errors import InvalidDataError, InvalidParameterError, MissingDependencyError
 
 #: Class colours (matplotlib's tab10, whose first two are the tutorials' blue and orange).
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -28,7 +29,7 @@ def _matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             "nnx.plot needs matplotlib; install it with pip install 'nnx-arrays[plot]'."
         ) from None
     return matplotlib
@@ -53,10 +54,11 @@ def _class_colors(k: int) -> list[str]:
 def _host_2d(X: Any, where: str) -> np.ndarray:
     X = np.asarray(to_numpy(X), dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != 2 or X.shape[0] == 0:
-        raise ValueError(f"{where}: X must have shape (n_samples, 2) with n_samples >= 1 (the "
+        raise InvalidDataError(f"{where}: X must have shape (n_samples, 2) with n_samples >= 1 "
+                               f"(the "
                          f"picture is of the input plane); received shape {X.shape}.")
     if not np.all(np.isfinite(X)):
-        raise ValueError(f"{where}: X contains NaN or inf; remove those rows first.")
+        raise InvalidDataError(f"{where}: X contains NaN or inf; remove those rows first.")
     return X
 
 
@@ -67,10 +69,11 @@ def _host_labels(y: Any, n: int, where: str) -> np.ndarray | None:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.shape != (n,):
-        raise ValueError(f"{where}: y must have shape ({n},) (one label per row of X); "
+        raise InvalidDataError(f"{where}: y must have shape ({n},) (one label per row of X); "
                          f"received shape {y.shape}.")
     if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.all(y == np.round(y))):
-        raise ValueError(f"{where}: y must hold integer class labels; received dtype {y.dtype}.")
+        raise InvalidDataError(f"{where}: y must hold integer class labels; received dtype "
+                               f"{y.dtype}.")
     return y.astype(np.int64)
 
 
@@ -112,17 +115,19 @@ def decision_boundary(model: Any, X: Any, y: Any = None, ax: Any = None, resolut
     y = _host_labels(y, X.shape[0], where)
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) \
             or resolution < 2:
-        raise ValueError(f"{where}: resolution must be an integer >= 2; received "
+        raise InvalidParameterError(f"{where}: resolution must be an integer >= 2; received "
                          f"resolution={resolution!r}.")
     n_in = getattr(model, "n_in", None)
     if n_in != 2:
-        raise ValueError(f"{where}: the model must take 2 inputs to be drawn on the plane; it "
+        raise InvalidParameterError(f"{where}: the model must take 2 inputs to be drawn on the "
+                                    f"plane; it "
                          f"takes {n_in}.")
     xx, yy = _grid(X, int(resolution))
     grid = np.stack([xx.ravel(), yy.ravel()], axis=1)
     probe = to_numpy(model.predict(grid[:1]))
     if probe.ndim != 1:
-        raise ValueError(f"{where}: the model must be a classifier with one label per sample "
+        raise InvalidParameterError(f"{where}: the model must be a classifier with one label "
+                                    f"per sample "
                          "(a softmax output, or one sigmoid unit); its predictions have shape "
                          f"{probe.shape[1:]} per sample.")
     proba = np.asarray(to_numpy(model.predict_proba(grid)), dtype=np.float64)
@@ -172,7 +177,8 @@ def _curves(history: Any) -> tuple[list[int], dict[str, list[float]], int | None
         epochs = [e + 1 for e in history["epochs"]] if "epochs" in history \
             else list(range(1, n + 1))
         return epochs, figures, None
-    raise TypeError(f"{where}: history must be an nnx.History (what fit returns) or a dict of "
+    raise InvalidParameterError(f"{where}: history must be an nnx.History (what fit returns) or "
+                                f"a dict of "
                     f"lists; received {type(history).__name__}.")
 
 
@@ -193,7 +199,7 @@ def history(history: Any, ax: Any = None) -> Any:
     """
     epochs, figures, best = _curves(history)
     if "loss" not in figures or not figures["loss"]:
-        raise ValueError("nnx.plot.history: the history holds no 'loss' figures; was fit run "
+        raise InvalidDataError("nnx.plot.history: the history holds no 'loss' figures; was fit run "
                          "for at least one epoch?")
     _matplotlib()
     with_accuracy = "accuracy" in figures or "val_accuracy" in figures
@@ -205,7 +211,7 @@ def history(history: Any, ax: Any = None) -> Any:
         loss_ax, acc_ax = axes[0, 0], (axes[0, 1] if with_accuracy else None)
     elif isinstance(ax, (list, tuple, np.ndarray)):
         if len(ax) != 2:
-            raise ValueError("nnx.plot.history: ax must be one Axes or a pair (loss, "
+            raise InvalidParameterError("nnx.plot.history: ax must be one Axes or a pair (loss, "
                              f"accuracy); received {len(ax)} axes.")
         loss_ax, acc_ax = ax[0], (ax[1] if with_accuracy else None)
         if not with_accuracy:
@@ -286,10 +292,10 @@ def hidden_size_grid(X: Any, y: Any, sizes: Sequence[int] = (1, 2, 3, 4, 5, 20, 
     X = _host_2d(X, where)
     y = _host_labels(y, X.shape[0], where)
     if y is None:
-        raise ValueError(f"{where}: y is needed to train the networks.")
+        raise InvalidDataError(f"{where}: y is needed to train the networks.")
     sizes = list(sizes)
     if not sizes:
-        raise ValueError(f"{where}: sizes must name at least one hidden layer size.")
+        raise InvalidParameterError(f"{where}: sizes must name at least one hidden layer size.")
     k = max(2, int(y.max()) + 1)
     fit_kwargs = {"lr": 2.0, "l2": 5e-5, "verbose": False, **fit_kwargs}
     cols = min(4, len(sizes))

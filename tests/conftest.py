@@ -1,35 +1,41 @@
-"""The one backend fixture: every numeric test runs on every available backend and device.
+"""The one backend fixture: every numeric test runs on every backend and device that the
+registry (:func:`nnx.backends.test_targets`) lists for this machine.
 
 numpy; array_api_strict on its CPU_DEVICE, on its simulated accelerator ``device1`` (refuses
 conversion to NumPy and mixing devices, as CuPy does) and on its ``no_float64`` device; torch on
-the CPU; cupy where a CUDA device is usable (skipped with the reason elsewhere). With
-``NNX_BACKEND`` set (e.g. ``NNX_BACKEND=cupy`` on a GPU machine) only that backend runs.
+the CPU (and CUDA where usable); cupy where a CUDA device is usable (skipped with the reason
+elsewhere). With ``NNX_BACKEND`` set (e.g. ``NNX_BACKEND=cupy`` on a GPU machine) only that
+backend runs, read exactly as nnx reads it; a value that selects no backend fails the run.
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
-from helpers import CANDIDATES, resolve
+from helpers import resolve
+
+from nnx.backends import selected_targets
 
 
 def _selected():
-    wanted = os.environ.get("NNX_BACKEND", "").strip().lower()
-    if wanted in ("", "auto"):
-        return CANDIDATES
-    return [c for c in CANDIDATES if c[1] == wanted]
+    targets = selected_targets()  # an unknown NNX_BACKEND raises here: the run fails
+    if not targets:
+        raise pytest.UsageError("NNX_BACKEND selects no backend of the registry")
+    return targets
 
 
-@pytest.fixture(params=[pytest.param(c, id=c[0]) for c in _selected()])
+@pytest.fixture(params=[pytest.param(t, id=t[0]) for t in _selected()])
 def backend(request):
     """A resolved :class:`nnx.Backend` (namespace + device); skipped if unusable here."""
     _, name, device = request.param
     resolved, why = resolve(name, device)
     if resolved is None:
         pytest.skip(f"{name} unavailable: {why}")
-    return resolved
+    # Tests compute on the backend's arrays directly, outside any model, in float64 too: as a
+    # user would, inside the backend's scope (JAX's x64 mode; a no-op elsewhere). Models
+    # enter it themselves (tests/test_jax.py checks that without this).
+    with resolved.scope("float64"):
+        yield resolved
 
 
 @pytest.fixture
@@ -42,10 +48,25 @@ def xp(backend):
 def float64(backend):
     """Skip on devices without float64 (array_api_strict's no_float64); else 'float64'."""
     if not backend.supports_float64:
-        pytest.skip(f"{backend.name} {backend.device} has no float64")
+        pytest.skip(f"{backend.name} {backend.device_label()} has no float64")
     return "float64"
 
 
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run whose backend tests all skipped proves nothing: with NNX_BACKEND naming a
+    backend, fail unless some test ran on it."""
+    import os
+
+    if exitstatus != 0 or not os.environ.get("NNX_BACKEND", "").strip():
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    ran = len(reporter.stats.get("passed", [])) + len(reporter.stats.get("failed", []))
+    if ran == 0:
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED

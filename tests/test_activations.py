@@ -84,5 +84,6 @@ def test_unknown_activation_names_the_choices():
 
 
 def test_leaky_relu_slope_is_checked():
-    with pytest.raises(ValueError, match=r"slope must be in \(0, 1\); received slope=1.5"):
+    with pytest.raises(ValueError, match=r"slope must be a finite number in \(0, 1\); received "
+                                         r"slope=1.5"):
         A.leaky_relu(1.5)

@@ -75,7 +75,7 @@ def test_every_array_has_the_model_dtype_and_device(backend, dtype):
     X, y = nnx.datasets.make_moons(40, seed=1)
     model = moons_net(backend, dtype, l2=0.01)
     model.fit(X, y, epochs=3, lr=0.1, optimizer="adam", batch_size=16)
-    for p in model.get_params():
+    for p in model.parameters():
         assert_on_backend(p, backend, dtype)
     for state in model.optimizer.m + model.optimizer.v:
         assert_on_backend(state, backend, dtype)
@@ -103,7 +103,7 @@ def test_data_in_the_models_own_backend_is_accepted_and_not_mutated(backend):
 def test_same_seed_same_initial_weights_on_every_backend():
     reference = None
     for backend in available_cpu_backends():
-        weights = [host(p) for p in moons_net(backend, "float64", hidden=5, seed=7).get_params()]
+        weights = [host(p) for p in moons_net(backend, "float64", hidden=5, seed=7).parameters()]
         if reference is None:
             reference = weights
         for got, want in zip(weights, reference):
@@ -131,7 +131,7 @@ def test_xor_learned_by_2_3_1_tanh_sigmoid_with_log_loss(backend):
     X, y = nnx.datasets.xor()
     model = nnx.Sequential([nnx.Dense(2, 3, "tanh"), nnx.Dense(3, 1, "sigmoid")],
                            seed=1, backend=backend)
-    assert model.loss_fn.name == "binary_cross_entropy"
+    assert model.loss_function.name == "binary_cross_entropy"
     history = model.fit(X, y, epochs=1500, lr=0.5)
     np.testing.assert_array_equal(host(model.predict(X)), y)
     assert history["loss"][-1] < 0.1 < history["loss"][0]

@@ -57,7 +57,7 @@ def test_optimizer_steps_match_hand_computed_updates(backend, float64, linear_da
                 params[i] = params[i] - lr * m_hat / (np.sqrt(v_hat) + 1e-7)
     for got, want in zip(model.get_weights(), params):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
-    for p in model.get_params():
+    for p in model.parameters():
         assert_on_backend(p, backend, "float64")
 
 

@@ -1,13 +1,18 @@
-"""``nnx bench``: run the benchmarks in ``bench/`` and summarise them at a glance.
+"""Run the benchmarks in ``bench/`` and summarise them at a glance.
 
-The measuring lives in ``bench/`` (pytest-benchmark); :func:`main` runs it through pytest,
-which writes its JSON, and then turns that JSON into tables (:func:`render_report`) and a plot
-(:func:`plot_core`). The reporting functions take the JSON as a dict and do no measuring, so
-they are tested on a small fake one (``bench/test_bench_report.py``) and can re-render any saved
-run (``nnx bench --report-only --out DIR``).
+    python bench/report.py --quick        # from a checkout; or: nox -s bench -- --quick
+    nnx bench --quick                     # the same, from a checkout's root
 
-The benchmarks live in the source tree, not in the installed package: run ``nnx bench`` from
-a checkout (or point ``--bench-dir`` at one).
+The benchmarks and this script live in the source tree, not in the installed package (nothing
+of them ships in the wheel). ``nnx bench`` loads this file by its path (``bench/report.py``,
+or ``--bench-dir DIR``) and calls :func:`main` with ``--bench-dir``; so this module imports
+nothing of its own folder.
+
+The measuring lives in ``bench/test_bench_*.py`` (pytest-benchmark); :func:`main` runs it
+through pytest, which writes its JSON, and then turns that JSON into tables
+(:func:`render_report`) and a plot (:func:`plot_core`). The reporting functions take the JSON
+as a dict and do no measuring, so they are tested on a small fake one
+(``bench/test_bench_report.py``) and can re-render any saved run (``--report-only --out DIR``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-BACKEND_ORDER = ("numpy", "torch-cpu", "strict-cpu", "cupy", "torch-cuda")
 TRAIN_ORDER = ("numpy-matmuls", "numpy-hand", "torch-matmuls", "torch-hand", "torch-autograd",
                "sklearn", "nnx-numpy", "nnx-torch", "cupy-matmuls", "cupy-hand", "nnx-cupy",
                "torch-cuda-matmuls", "torch-hand-cuda", "nnx-torch-cuda")
@@ -28,9 +32,6 @@ CEILING_SHARE = 0.90  # nnx's Dense core vs the raw matmuls, for H >= CEILING_FR
 CEILING_FROM_H = 256
 WIDE_RATIO = 1.10  # nnx step vs the hand-written NumPy (and torch) step
 MOONS_RATIO = 1.5
-# Each nnx training step's own ceiling: the step's matrix products alone, on its backend.
-OWN_MATMULS = {"nnx-numpy": "numpy-matmuls", "nnx-torch": "torch-matmuls",
-               "nnx-cupy": "cupy-matmuls", "nnx-torch-cuda": "torch-cuda-matmuls"}
 GPU_STEP_RATIO = 1.25  # nnx's CuPy step vs its matmuls, for H >= GPU_STEP_FROM_H (wide)
 GPU_STEP_FROM_H = 1024
 # The training step's ratio columns; the GPU ones appear only in runs that measured them.
@@ -45,6 +46,22 @@ PLOT_NAME = "core_gflops.png"
 # -- from JSON to rows ------------------------------------------------------------------------
 def _order(value: str, order: tuple[str, ...]) -> int:
     return order.index(value) if value in order else len(order)
+
+
+def _backend_rank(backend_id: str, nnx_backend: str, device_kind: str) -> tuple:
+    """Where a target's rows go: the CPU ones before the GPU ones, each in the order of
+    nnx's backend registry (numpy, torch, array_api_strict on the CPU), then by id."""
+    try:
+        from nnx.backends import BACKENDS
+    except ImportError:  # re-rendering a saved run without nnx installed
+        BACKENDS = ()
+    return (device_kind != "cpu", _order(nnx_backend, tuple(BACKENDS)), backend_id)
+
+
+def own_matmuls(impl: str) -> str | None:
+    """Each nnx training step's own ceiling, the step's matrix products alone on its target:
+    ``numpy-matmuls`` for ``nnx-numpy``, ``torch-cuda-matmuls`` for ``nnx-torch-cuda``."""
+    return f"{impl.removeprefix('nnx-')}-matmuls" if impl.startswith("nnx-") else None
 
 
 def core_rows(data: dict[str, Any], stat: str = "min") -> list[dict[str, Any]]:
@@ -66,6 +83,7 @@ def core_rows(data: dict[str, Any], stat: str = "min") -> list[dict[str, Any]]:
             "backend": info["backend"], "dtype": info["dtype"], "hidden": int(info["hidden"]),
             "batch": int(info["batch"]), "flops": float(info["flops"]),
             "device_kind": info.get("device_kind", "cpu"),
+            "nnx_backend": info.get("nnx_backend", info.get("library", "")),
             "device_name": info.get("device_name", ""), "tf32": bool(info.get("tf32", False)),
             "nnx_s": None, "raw_s": None,
         })
@@ -90,8 +108,8 @@ def core_rows(data: dict[str, Any], stat: str = "min") -> list[dict[str, Any]]:
     for row in rows:
         base = numpy_gflops.get((row["dtype"], row["hidden"]))
         row["vs_numpy"] = row["nnx_gflops"] / base if base and row["nnx_gflops"] else None
-    rows.sort(key=lambda r: (r["dtype"], _order(r["backend"], BACKEND_ORDER), r["backend"],
-                             r["hidden"]))
+    rows.sort(key=lambda r: (r["dtype"], _backend_rank(r["backend"], r["nnx_backend"],
+                                                       r["device_kind"]), r["hidden"]))
     return rows
 
 
@@ -142,7 +160,7 @@ def train_rows(data: dict[str, Any], stat: str = "min") -> list[dict[str, Any]]:
     times = {(r["config"], r["impl"]): r["time_s"] for r in rows}
     for row in rows:
         paired = row.pop("paired")
-        own = OWN_MATMULS.get(row["impl"])
+        own = own_matmuls(row["impl"])
         for column, peer in [*((p, p) for p in PEERS), ("matmuls", own)]:
             base = times.get((row["config"], peer))
             row[f"vs_{column}"] = paired.get(peer, row["time_s"] / base if base else None)
@@ -328,7 +346,9 @@ def plot_core(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
     if not rows:
         return None
     dtypes = sorted({r["dtype"] for r in rows})
-    backends = sorted({r["backend"] for r in rows}, key=lambda b: (_order(b, BACKEND_ORDER), b))
+    ranks = {r["backend"]: _backend_rank(r["backend"], r["nnx_backend"], r["device_kind"])
+             for r in rows}
+    backends = sorted(ranks, key=ranks.__getitem__)
     colours = {b: f"C{i}" for i, b in enumerate(backends)}
     fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False,
                              sharey=True)
@@ -366,12 +386,13 @@ def plot_core(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
 
 # -- running ----------------------------------------------------------------------------------
 def _default_bench_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "bench"
+    """The folder of this file: the checkout's ``bench/``."""
+    return Path(__file__).resolve().parent
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, prog: str = "nnx bench") -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="nnx bench",
+        prog=prog,
         description="Run nnx's benchmarks (bench/, pytest-benchmark) and print a summary: "
                     "the Dense core against raw matmuls per backend and size, and the "
                     "training step against hand-written NumPy/torch and scikit-learn.",
@@ -382,8 +403,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"where {JSON_NAME}, {REPORT_NAME} and {PLOT_NAME} go "
                              "(default: %(default)s).")
     parser.add_argument("--backends", metavar="IDS",
-                        help="comma-separated: " + ", ".join(BACKEND_ORDER) + " (default: all "
-                             "usable here).")
+                        help="comma-separated target ids of nnx's backend registry, as "
+                             "'nnx info' lists them: numpy, torch-cpu, strict-cpu, cupy, ... "
+                             "(default: every one the benchmarks time; those not usable here "
+                             "are skipped with the reason).")
     parser.add_argument("--hidden", metavar="SIZES", help="core sweep hidden sizes, e.g. "
                                                           "16,256,4096.")
     parser.add_argument("--train-hidden", metavar="SIZES",
@@ -401,7 +424,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true",
                         help=f"do not measure; re-render DIR/{JSON_NAME}.")
     parser.add_argument("--bench-dir", default=None, metavar="DIR",
-                        help="the bench/ folder of an nnx checkout (default: beside the package).")
+                        help="the bench/ folder of an nnx checkout (default: the folder of "
+                             "this script).")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:
@@ -430,31 +454,31 @@ def pytest_arguments(args: argparse.Namespace, bench_dir: Path, json_path: Path)
     return cmd + args.pytest_args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "nnx bench") -> int:
     """Measure (unless ``--report-only``), then print and write the report and plot.
 
     Returns pytest's exit status (0 when every benchmark ran and checked its answer).
     """
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     out = Path(args.out)
     json_path = out / JSON_NAME
     status = 0
     if not args.report_only:
         bench_dir = Path(args.bench_dir) if args.bench_dir else _default_bench_dir()
         if not (bench_dir / "conftest.py").is_file():
-            print(f"nnx bench: no benchmarks at {bench_dir}; they live in the bench/ folder of "
+            print(f"{prog}: no benchmarks at {bench_dir}; they live in the bench/ folder of "
                   "an nnx source checkout. Run from one, or pass --bench-dir.", file=sys.stderr)
             return 2
         try:
             import pytest
         except ImportError:
-            print("nnx bench: pytest is not installed; install the benchmark extras with "
-                  "pip install 'nnx-arrays[bench]'.", file=sys.stderr)
+            print(f"{prog}: pytest is not installed; install the benchmark extras with "
+                  "pip install -e '.[bench]' in the checkout.", file=sys.stderr)
             return 2
         out.mkdir(parents=True, exist_ok=True)
         status = int(pytest.main(pytest_arguments(args, bench_dir, json_path)))
     if not json_path.is_file():
-        print(f"nnx bench: {json_path} was not written (pytest exit status {status}).",
+        print(f"{prog}: {json_path} was not written (pytest exit status {status}).",
               file=sys.stderr)
         return status or 2
     data = json.loads(json_path.read_text())
@@ -469,4 +493,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(prog="python bench/report.py"))

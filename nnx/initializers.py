@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnx.errors import InvalidParameterError
+
 SCHEMES = ("tutorial", "glorot", "he", "auto")
 
 
@@ -32,4 +34,4 @@ def draw_weights(rng: np.random.Generator, n_in: int, n_out: int, scheme: str,
         return rng.uniform(-limit, limit, size=(n_in, n_out))
     if scheme == "he":
         return rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)
-    raise ValueError(f"init={scheme!r} is unknown; choose one of: {', '.join(SCHEMES)}.")
+    raise InvalidParameterError(f"init={scheme!r} is unknown; choose one of: {', '.join(SCHEMES)}.")

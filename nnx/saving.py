@@ -3,12 +3,22 @@
 The file is a zip archive of ``.npy`` members, as :func:`numpy.savez` writes them, so
 ``numpy.load(path, allow_pickle=False)`` can read it too:
 
-``layers.{i}.W``, ``layers.{i}.b``
-    Each layer's parameters, shapes ``(n_in, n_out)`` and ``(n_out,)``, in the model's dtype.
+``layers.{i}.{name}``
+    Each layer's parameters (a Dense layer's ``W``, shape ``(n_in, n_out)``, and ``b``,
+    shape ``(n_out,)``), in the model's dtype.
 ``metadata``
     UTF-8 JSON in a 1-D uint8 array: ``format`` (``nnx.Sequential``), ``format_version``,
-    ``nnx_version``, ``config`` (:meth:`Sequential.get_config`), ``dtype``, ``backend`` and
-    ``device`` (where the model was trained), ``seed`` and ``epochs_trained``.
+    ``nnx_version``, ``config`` (:meth:`Sequential.get_config`: per layer ``{"type",
+    "config"}``), ``dtype``, ``backend`` and ``device`` (where the model was trained), ``seed``
+    and ``epochs_trained``.
+
+Format version 2 names each layer's type; version 1 (nnx 0.1.0: Dense layers only, their
+settings without a type) still loads.
+
+Limits, checked before anything is allocated: the metadata member is at most
+:data:`MAX_METADATA_BYTES`; the archive holds exactly the members the architecture lists, and
+each is at most its declared array's size plus a ``.npy`` header; at most :data:`MAX_LAYERS`
+layers.
 
 The optimizer state and the training history are not saved: ``fit`` after ``load`` starts a
 fresh optimizer from the loaded weights.
@@ -19,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -26,23 +37,19 @@ from typing import Any
 
 import numpy as np
 
-from nnx.backend import Backend, get_backend, to_numpy
+from nnx.backends import Backend, get_backend, to_numpy
+from nnx.errors import InvalidDataError, InvalidParameterError, ModelFileError
+from nnx.layers import LAYERS
 
 FORMAT_NAME = "nnx.Sequential"
-FORMAT_VERSION = 1  # the newest version this code writes and reads
+FORMAT_VERSION = 2  # the newest version this code writes and reads
 METADATA = "metadata"
 DTYPES = ("float32", "float64")
+MAX_METADATA_BYTES = 1 << 20
+MAX_LAYERS = 10_000
+_NPY_HEADER_BYTES = 1 << 16  # the most a .npy header may take (format version 2/3)
 
-
-class ModelFileError(ValueError):
-    """A file that :func:`load` cannot read as a model; ``path`` and ``reason`` say why."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(path, reason)
-        self.path, self.reason = path, reason
-
-    def __str__(self) -> str:
-        return f"nnx.load: cannot load {self.path}: {self.reason}"
+__all__ = ["FORMAT_VERSION", "ModelFileError", "load", "save", "write_atomically"]
 
 
 # -- save -------------------------------------------------------------------------------------
@@ -114,11 +121,12 @@ def write_atomically(path: str | os.PathLike, write: Any, where: str, text: bool
 def _arrays_of(model: Any) -> dict[str, np.ndarray]:
     arrays = {}
     for i, layer in enumerate(model.layers):
-        for name, value in (("W", layer.W), ("b", layer.b)):
+        for name, value in layer.params().items():
             host = np.asarray(to_numpy(value))
             if not np.all(np.isfinite(host)):
-                raise ValueError(f"nnx.save: layers[{i}].{name} contains NaN or inf; nothing "
-                                 "was written. Retrain or restore finite weights first.")
+                raise InvalidDataError(f"nnx.save: layers[{i}].{name} contains NaN or inf; "
+                                       "nothing was written. Retrain or restore finite "
+                                       "weights first.")
             arrays[f"layers.{i}.{name}"] = host
     from nnx import __version__
 
@@ -195,28 +203,26 @@ def load(path: str | os.PathLike, backend: str | Backend | None = None, device: 
     """
     from nnx.model import Sequential
 
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise InvalidParameterError(f"nnx.load: path must be a file name (str or os.PathLike); "
+                                    f"received {type(path).__name__}.")
     path = os.fspath(path)
     if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"nnx.load: dtype={dtype!r} is not supported; expected 'float32' or "
-                         "'float64'.")
+        raise InvalidParameterError(f"nnx.load: dtype={dtype!r} is not supported; expected "
+                                    "'float32' or 'float64'.")
     # A backend that cannot be used is the caller's problem, not the file's: raise it as is.
     target = get_backend(backend, device)
-    members = _read_members(path)
-    config, saved_dtype, epochs_trained = _check_metadata(members.pop(METADATA, None), path)
+    config, saved_dtype, epochs_trained, members = _read(path)
     shapes = _parameter_shapes(config, path)
-    missing = [name for name in shapes if name not in members]
-    extra = [name for name in members if name not in shapes]
-    if missing or extra:
-        raise ModelFileError(path, f"the arrays do not match the architecture: missing "
-                                   f"{missing or 'none'}, unexpected {extra or 'none'}.")
     for name, shape in shapes.items():
         _check_parameter(members[name], name, shape, saved_dtype, path)
 
     dtype = saved_dtype if dtype is None else dtype
     if dtype == "float64" and not target.supports_float64:
-        raise ValueError(f"nnx.load: {path} holds a float64 model but {target.name} device "
-                         f"{target.device} has no float64; pass dtype='float32' to nnx.load "
-                         "to cast it.")
+        raise InvalidParameterError(
+            f"nnx.load: {path} holds a float64 model but {target.name} device "
+            f"{target.device_label()} has no float64; pass dtype='float32' to nnx.load to "
+            "cast it.")
     try:
         model = Sequential.from_config({**config, "dtype": dtype}, backend=target)
     except (KeyError, TypeError, ValueError) as exc:
@@ -228,35 +234,81 @@ def load(path: str | os.PathLike, backend: str | Backend | None = None, device: 
     return model
 
 
-def _read_members(path: str) -> dict[str, np.ndarray]:
-    """Every member of the archive, read in full (so zipfile checks each CRC-32) and parsed as
-    ``.npy`` without pickle."""
+def _open(path: str) -> zipfile.ZipFile:
     if not os.path.exists(path):
         raise ModelFileError(path, "no such file.")
     if not os.path.isfile(path):
         raise ModelFileError(path, "it is not a file.")
     try:
-        archive = zipfile.ZipFile(path)
+        return zipfile.ZipFile(path)
     except zipfile.BadZipFile:
         raise ModelFileError(path, "it is not a zip (.npz) archive; it is truncated, corrupted "
                                    "or not a file written by model.save().") from None
     except OSError as exc:
         raise ModelFileError(path, f"it cannot be read ({exc.strerror or exc}).") from None
-    members: dict[str, np.ndarray] = {}
-    with archive:
+    except Exception as exc:  # noqa: BLE001 - zipfile raises several types on a bad directory
+        raise ModelFileError(path, f"its zip directory is damaged ({type(exc).__name__}: "
+                                   f"{exc}).") from None
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str,
+                 limit: int) -> bytes:
+    """The member's bytes, read with a bound: never more than `limit` bytes, whatever its
+    header declares (a zip bomb declares little and inflates to much)."""
+    if info.file_size > limit:
+        raise ModelFileError(path, f"the member {info.filename!r} declares {info.file_size} "
+                                   f"bytes; at most {limit} are expected for it.")
+    try:
+        with archive.open(info) as member:
+            data = member.read(limit + 1)
+            if len(data) > limit:
+                raise ModelFileError(path, f"the member {info.filename!r} holds more than the "
+                                           f"{limit} bytes expected for it.")
+            return data
+    except ModelFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, EOFError, zlib.error, OSError...
+        raise ModelFileError(path, f"the member {info.filename!r} is damaged ({exc}); the file "
+                                   "is truncated or corrupted.") from None
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "") if names else "none"
+
+
+def _read(path: str) -> tuple[dict[str, Any], str, int, dict[str, np.ndarray]]:
+    """``(config, dtype, epochs_trained, arrays)``: the metadata first (bounded), then
+    exactly the members the architecture lists, each bounded by its declared size, each
+    read in full (so zipfile checks its CRC-32) and parsed as ``.npy`` without pickle."""
+    with _open(path) as archive:
+        infos: dict[str, zipfile.ZipInfo] = {}
         for info in archive.infolist():
             name = info.filename.removesuffix(".npy")
-            if name == info.filename or name in members:
+            if name == info.filename or name in infos:
                 what = "is not a .npy array" if name == info.filename else "appears twice"
                 raise ModelFileError(path, f"the member {info.filename!r} {what}; nnx writes "
                                            "each array once, as NAME.npy.")
-            try:
-                data = archive.read(info)
-            except Exception as exc:  # noqa: BLE001 - BadZipFile, EOFError, zlib.error, OSError...
-                raise ModelFileError(path, f"the member {info.filename!r} is damaged ({exc}); "
-                                           "the file is truncated or corrupted.") from None
-            members[name] = _parse_npy(data, info.filename, path)
-    return members
+            infos[name] = info
+        if METADATA not in infos:
+            raise ModelFileError(path, f"it holds no {METADATA!r} member, so it is not a model "
+                                       "written by model.save().")
+        raw = _parse_npy(_read_member(archive, infos.pop(METADATA), path, MAX_METADATA_BYTES),
+                         METADATA + ".npy", path)
+        config, dtype, epochs = _check_metadata(raw, path)
+        shapes = _parameter_shapes(config, path)
+        missing = [name for name in shapes if name not in infos]
+        extra = [name for name in infos if name not in shapes]
+        if missing or extra:
+            raise ModelFileError(path, f"the arrays do not match the architecture: missing "
+                                       f"{_names(missing)}, unexpected {_names(extra)}.")
+        itemsize = np.dtype(dtype).itemsize
+        arrays = {}
+        for name, shape in shapes.items():
+            limit = math.prod(shape) * itemsize + _NPY_HEADER_BYTES
+            arrays[name] = _parse_npy(_read_member(archive, infos[name], path, limit),
+                                      infos[name].filename, path)
+    return config, dtype, epochs, arrays
 
 
 def _parse_npy(data: bytes, member: str, path: str) -> np.ndarray:
@@ -284,6 +336,8 @@ def _check_metadata(raw: np.ndarray | None, path: str) -> tuple[dict[str, Any], 
         metadata = json.loads(raw.tobytes().decode("utf-8"))
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise ModelFileError(path, f"the metadata is not valid JSON ({exc}).") from None
+    except RecursionError:
+        raise ModelFileError(path, "the metadata is nested too deeply to be a model's.") from None
     if not isinstance(metadata, dict):
         raise ModelFileError(path, "the metadata is not a JSON object.")
     if metadata.get("format") != FORMAT_NAME:
@@ -317,21 +371,41 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _layer_spec(spec: Any) -> tuple[str, dict[str, Any]] | None:
+    """``(type, config)`` of a layer entry of format 2 (``{"type", "config"}``) or 1 (a Dense
+    layer's settings)."""
+    if not isinstance(spec, dict):
+        return None
+    if "type" in spec:
+        return (spec["type"], spec.get("config")) if isinstance(spec.get("config"),
+                                                                dict) else None
+    return "Dense", spec
+
+
 def _parameter_shapes(config: dict[str, Any], path: str) -> dict[str, tuple[int, ...]]:
     """``{'layers.0.W': (n_in, n_out), 'layers.0.b': (n_out,), ...}`` from the config, in the
     order of ``get_weights``; checked before any array is trusted."""
     layers = config.get("layers")
     if not isinstance(layers, list) or not layers:
-        raise ModelFileError(path, f"the architecture has layers={layers!r}; expected a "
-                                   "non-empty list.")
+        raise ModelFileError(path, f"the architecture has layers={str(layers)[:80]}; expected "
+                                   "a non-empty list.")
+    if len(layers) > MAX_LAYERS:
+        raise ModelFileError(path, f"the architecture lists {len(layers)} layers; nnx loads at "
+                                   f"most {MAX_LAYERS}.")
     shapes: dict[str, Any] = {}
     for i, spec in enumerate(layers):
-        sizes = [spec.get(key) if isinstance(spec, dict) else None for key in ("n_in", "n_out")]
-        if not all(_is_count(size) and size >= 1 for size in sizes):
-            raise ModelFileError(path, f"layer {i} of the architecture is {spec!r}; expected "
-                                       "integer sizes n_in >= 1 and n_out >= 1.")
-        shapes[f"layers.{i}.W"] = tuple(sizes)
-        shapes[f"layers.{i}.b"] = (sizes[1],)
+        parsed = _layer_spec(spec)
+        if parsed is None or parsed[0] not in LAYERS:
+            raise ModelFileError(path, f"layer {i} of the architecture is {str(spec)[:200]}; "
+                                       "expected {'type': one of "
+                                       f"{sorted(LAYERS)}, 'config': {{...}}}}.")
+        layer_shapes = LAYERS[parsed[0]].param_shapes(parsed[1])
+        sizes = [d for shape in layer_shapes.values() for d in shape]
+        if not all(_is_count(size) and 1 <= size <= 2**31 for size in sizes):
+            raise ModelFileError(path, f"layer {i} of the architecture is {str(spec)[:200]}; "
+                                       "expected integer sizes n_in >= 1 and n_out >= 1.")
+        for name, shape in layer_shapes.items():
+            shapes[f"layers.{i}.{name}"] = tuple(shape)
     return shapes
 
 

@@ -1,0 +1,118 @@
+"""The data edge: user data checked, cast to the model's dtype and moved to its device once.
+
+Arrays of the model's own backend stay where they are; anything else (lists, NumPy, another
+library's arrays) goes through the host. Finiteness is checked *after* the cast, in the dtype
+the model computes in: 1e39 is finite in float64 and inf in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from nnx.backends import to_numpy
+from nnx.errors import InvalidDataError
+
+
+def host_or_device(backend: Any, data: Any, name: str, where: str) -> Any:
+    """`data` as an array: this backend's arrays as they are, anything else as NumPy."""
+    if isinstance(data, np.ma.MaskedArray):
+        raise InvalidDataError(
+            f"{where}: {name} is a masked array; nnx does not treat masked entries as missing. "
+            f"Drop the masked rows, or fill them ({name}.filled(value)), first.")
+    if backend.owns(data):
+        return data
+    if array_api_compat.is_array_api_obj(data):
+        try:
+            data = to_numpy(data)
+        except Exception as exc:  # noqa: BLE001 - e.g. a torch 'meta' tensor has no data
+            raise InvalidDataError(f"{where}: {name} cannot be read as numbers "
+                                   f"({type(exc).__name__}: {exc}).") from None
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError) as exc:
+        raise InvalidDataError(f"{where}: {name} must be a numeric array; could not convert "
+                               f"{type(data).__name__} ({exc}).") from None
+    if array.dtype.kind not in "biuf":
+        raise InvalidDataError(
+            f"{where}: {name} must be numeric (bool, integer or real floating); received "
+            f"dtype {array.dtype}. Convert strings or objects to numbers first.")
+    return array
+
+
+def _all_finite(array: Any) -> bool:
+    xp = array_api_compat.array_namespace(array)
+    return not xp.isdtype(array.dtype, "real floating") or bool(xp.all(xp.isfinite(array)))
+
+
+def check_finite(array: Any, name: str, where: str) -> None:
+    if not _all_finite(array):
+        raise InvalidDataError(f"{where}: {name} contains NaN or inf; remove or impute those "
+                               "values first.")
+
+
+def to_model(backend: Any, array: Any, dtype: Any, dtype_name: str, name: str,
+             where: str) -> Any:
+    """`array` (finite, checked) cast to the model's dtype on its device, checked again."""
+    moved = backend.asarray(array, dtype=dtype)
+    if not _all_finite(moved):
+        raise InvalidDataError(
+            f"{where}: {name} holds values too large for {dtype_name} (they become inf); "
+            f"the largest magnitude {dtype_name} holds is {float(np.finfo(dtype_name).max):.4g}. "
+            "Scale the data, or use dtype='float64'.")
+    return moved
+
+
+def check_X(backend: Any, dtype: Any, dtype_name: str, X: Any, n_in: int, first_layer: Any,
+            where: str, name: str = "X") -> Any:
+    """`X`, shape ``(n_samples, n_in)``, on the model's device in its dtype."""
+    array = host_or_device(backend, X, name, where)
+    xp = array_api_compat.array_namespace(array)
+    if not xp.isdtype(array.dtype, ("bool", "integral", "real floating")):
+        raise InvalidDataError(f"{where}: {name} must be numeric; received dtype "
+                               f"{array.dtype}.")
+    if array.ndim != 2:
+        raise InvalidDataError(f"{where}: {name} must be 2-D, shape (n_samples, n_features); "
+                               f"received {array.ndim}-D shape {tuple(array.shape)}.")
+    if array.shape[0] == 0:
+        raise InvalidDataError(f"{where}: {name} is empty (0 samples); expected at least one "
+                               "row.")
+    if array.shape[1] != n_in:
+        raise InvalidDataError(f"{where}: {name} has {array.shape[1]} features; the model "
+                               f"expects {n_in} (layers[0] is {first_layer!r}).")
+    check_finite(array, name, where)
+    return to_model(backend, array, dtype, dtype_name, name, where)
+
+
+def check_y(backend: Any, dtype: Any, dtype_name: str, head: Any, y: Any, n: int,
+            output_layer: Any, where: str, name: str = "y") -> tuple[Any, Any]:
+    """Targets checked against `head` and encoded: ``(Y, labels)`` on the device."""
+    array = host_or_device(backend, y, name, where)
+    xp_in = array_api_compat.array_namespace(array)
+    k = head.n_out
+    if not xp_in.isdtype(array.dtype, ("bool", "integral", "real floating")):
+        raise InvalidDataError(f"{where}: {name} must be numeric; received dtype "
+                               f"{array.dtype}.")
+    if array.ndim == 0 or array.ndim > 2:
+        raise InvalidDataError(f"{where}: {name} must be 1-D or 2-D; received shape "
+                               f"{tuple(array.shape)}.")
+    if array.shape[0] != n:
+        raise InvalidDataError(f"{where}: X has {n} samples but {name} has {array.shape[0]}; "
+                               "they must have the same length.")
+    check_finite(array, name, where)
+    multiclass = head.name == "multiclass"
+    if array.ndim == 2 and array.shape[1] == 1 and (k == 1 or multiclass):
+        array = xp_in.reshape(array, (n,))
+    want, expected = head.target_shape(n)
+    if tuple(array.shape) not in {want, (n, k)} or (multiclass and array.ndim != 1):
+        hint = ""
+        if multiclass and array.ndim == 2 and array.shape[1] == k:
+            hint = f" For one-hot rows, pass {name}.argmax(axis=1)."
+        raise InvalidDataError(f"{where}: {name} must have shape {expected}; received shape "
+                               f"{tuple(array.shape)}.{hint}")
+    head.check_labels(xp_in, array, where, name, repr(output_layer))
+    if not head.classifier:
+        array = to_model(backend, array, dtype, dtype_name, name, where)
+    return head.encode(backend, dtype, array, n)

@@ -1,0 +1,289 @@
+"""Training: the checks and preparation of ``fit``, and the epoch loop that runs it.
+
+The loop keeps the epoch's figures on the device and brings them to the host once every
+``sync_every`` epochs (each transfer waits for the device), rolls the weights back when the
+loss becomes NaN or inf, and calls the callbacks and the progress display.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from nnx._validation import check_bool, check_instance, check_int, check_real
+from nnx.backends import to_numpy
+from nnx.callbacks import Callback, EarlyStopping, History
+from nnx.errors import InvalidParameterError, NonFiniteLossError
+from nnx.optimizers import Optimizer, get_optimizer, get_schedule
+
+
+def row_slices(n: int, step: int) -> list[slice]:
+    """Row ranges of at most `step` rows (in bounds, as array-api-strict requires)."""
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def make_optimizer(model: Any, optimizer: Any, lr: Any, schedule: Any,
+                   where: str) -> tuple[Optimizer, dict[str, Any]]:
+    """The optimizer ``fit`` will use, and the settings to give it once every argument and the
+    data are checked (a fit that raises leaves the model's optimizer as it was)."""
+    if lr is not None:
+        lr = check_real(lr, "lr", where, low=0, low_open=True)
+    if optimizer is None and model.optimizer is not None:
+        changes: dict[str, Any] = {}
+        if lr is not None:
+            changes["lr"] = lr
+        if schedule is not None:
+            changes["schedule"] = get_schedule(schedule)
+        return model.optimizer, changes
+    return get_optimizer(optimizer, lr=lr, schedule=schedule), {}
+
+
+def make_callbacks(callbacks: Any, early_stopping: Any, where: str) -> list[Callback]:
+    if callbacks is None:
+        callbacks = ()
+    if not isinstance(callbacks, Iterable) or isinstance(callbacks, (str, Callback)):
+        raise InvalidParameterError(f"{where}: callbacks must be a list of nnx.Callback; "
+                                    f"received {callbacks!r}.")
+    callbacks = list(callbacks)
+    for i, cb in enumerate(callbacks):
+        check_instance(cb, f"callbacks[{i}]", where, Callback, "an nnx.Callback")
+    if isinstance(early_stopping, EarlyStopping):
+        callbacks.append(early_stopping)
+    elif early_stopping is not None:
+        try:
+            patience = check_int(early_stopping, "early_stopping", where, low=0)
+        except InvalidParameterError:
+            raise InvalidParameterError(
+                f"{where}: early_stopping must be a patience (an integer >= 0) or an "
+                f"nnx.EarlyStopping; received {early_stopping!r} "
+                f"({type(early_stopping).__name__}).") from None
+        callbacks.append(EarlyStopping(patience=patience))
+    return callbacks
+
+
+class FitSettings:
+    """The arguments of ``fit``, each checked, before any data is looked at."""
+
+    def __init__(self, model: Any, *, epochs: Any, lr: Any, l2: Any, batch_size: Any,
+                 optimizer: Any, schedule: Any, shuffle: Any, validation_data: Any,
+                 validation_split: Any, callbacks: Any, early_stopping: Any, verbose: Any,
+                 sync_every: Any, where: str) -> None:
+        self.epochs = check_int(epochs, "epochs", where, low=1)
+        self.batch_size = check_int(batch_size, "batch_size", where, low=1, allow_none=True)
+        self.sync_every = check_int(sync_every, "sync_every", where, low=1)
+        self.l2 = model.l2 if l2 is None else check_real(l2, "l2", where, low=0)
+        self.split = check_real(validation_split, "validation_split", where, low=0, high=1,
+                                high_open=True)
+        self.shuffle = check_bool(shuffle, "shuffle", where)
+        self.verbose = None if verbose is None else check_bool(verbose, "verbose", where)
+        if self.split and validation_data is not None:
+            raise InvalidParameterError(f"{where}: give validation_data or validation_split, "
+                                        "not both.")
+        if validation_data is not None and (not isinstance(validation_data, (tuple, list))
+                                            or len(validation_data) != 2):
+            raise InvalidParameterError(f"{where}: validation_data must be a pair (X_val, "
+                                        f"y_val); received {type(validation_data).__name__}.")
+        self.validation_data = validation_data
+        self.optimizer, self.optimizer_changes = make_optimizer(model, optimizer, lr, schedule,
+                                                                where)
+        self.callbacks = make_callbacks(callbacks, early_stopping, where)
+
+
+def split_validation(model: Any, data: tuple[Any, Any, Any], split: float,
+                     where: str) -> tuple[tuple[Any, Any, Any], tuple[Any, Any, Any]]:
+    """Hold out `split` of the encoded ``(X, Y, labels)``, drawn with the model's generator."""
+    X, Y, labels = data
+    n = X.shape[0]
+    n_val = int(round(split * n))
+    if n_val < 1 or n_val >= n:
+        raise InvalidParameterError(f"{where}: validation_split={split} of {n} samples leaves "
+                                    "no validation or no training data.")
+    order = model.backend.asarray(model.rng.permutation(n))
+    xp = model.xp
+    val_idx, train_idx = order[:n_val], order[n_val:]
+
+    def take(idx: Any) -> tuple[Any, Any, Any]:
+        return (xp.take(X, idx, axis=0), xp.take(Y, idx, axis=0),
+                None if labels is None else xp.take(labels, idx, axis=0))
+
+    return take(train_idx), take(val_idx)
+
+
+class Trainer:
+    """The epoch loop of ``fit``: batches, figures kept on the device, periodic host sync,
+    rollback on a non-finite loss, callbacks and progress."""
+
+    def __init__(self, model: Any, X: Any, Y: Any, labels: Any, val: Any, epochs: int,
+                 batch_size: int | None, shuffle: bool, callbacks: list[Callback],
+                 verbose: bool | None, sync_every: int) -> None:
+        self.model, self.X, self.Y, self.labels, self.val = model, X, Y, labels, val
+        self.epochs, self.shuffle, self.callbacks = epochs, shuffle, callbacks
+        self.sync_every = sync_every
+        n = X.shape[0]
+        self.batch = n if batch_size is None else min(batch_size, n)
+        # The figures that reach the host as counts, and what to divide them by.
+        self.counted = {"accuracy": n}
+        if val is not None:
+            self.counted["val_accuracy"] = val[0].shape[0]
+        self.verbose = sys.stderr.isatty() if verbose is None else bool(verbose)
+
+    def figure_names(self) -> list[str]:
+        """The figures every epoch logs."""
+        names = ["loss"] + (["accuracy"] if self.labels is not None else [])
+        if self.val is not None:
+            names += ["val_loss"] + (["val_accuracy"] if self.model.head.classifier else [])
+        return names
+
+    def _epoch_data(self) -> tuple[Any, Any, Any]:
+        model, n = self.model, self.X.shape[0]
+        if self.batch >= n or not self.shuffle:
+            return self.X, self.Y, self.labels
+        # The order comes from the model's NumPy generator: identical on every backend.
+        order = model.backend.asarray(model.rng.permutation(n))
+        xp = model.xp
+        X, Y = xp.take(self.X, order, axis=0), xp.take(self.Y, order, axis=0)
+        if self.labels is None or self.labels is self.Y:
+            return X, Y, (Y if self.labels is self.Y else None)
+        return X, Y, xp.take(self.labels, order, axis=0)
+
+    def _run_epoch(self) -> dict[str, Any]:
+        model, n, step = self.model, self.X.shape[0], self.batch
+        head, xp, dtype = model.head, model.xp, model.dtype
+        X, Y, labels = self._epoch_data()
+        total = correct = None
+        for rows in row_slices(n, step):
+            loss, out = model.train_step(X[rows, ...], Y[rows, ...])
+            if step < n:
+                loss = loss * out.shape[0]
+            total = loss if total is None else total + loss
+            if labels is not None:
+                hit = head.correct(xp, out, labels[rows, ...], dtype)
+                correct = hit if correct is None else correct + hit
+        figures = {"loss": total / n if step < n else total}
+        if correct is not None:
+            figures["accuracy"] = correct  # a count: _flush divides it on the host
+        if self.val is not None:
+            for key, value in model.evaluate_encoded(*self.val).items():
+                figures["val_" + key] = value
+        return figures
+
+    def _progress(self) -> Any:
+        if not self.verbose:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return _PlainProgress(self.epochs)
+        return tqdm(total=self.epochs, unit="epoch", desc="fit", leave=True)
+
+    def run(self) -> History:
+        model = self.model
+        history = model.history
+        bar = self._progress()
+        # Parameter arrays are never written in place, so holding them is a free snapshot.
+        # starts[i]: the parameters at the start of pending epoch i; before: at the start of
+        # the epoch preceding the window (the fit's initial parameters for the first window).
+        before, before_epoch = model.parameters(), model.epochs_trained
+        starts: list[list[Any]] = []
+        pending: list[tuple[int, dict[str, Any]]] = []
+        for cb in self.callbacks:
+            cb.check_figures(self.figure_names())
+        for cb in self.callbacks:
+            cb.on_train_begin(model)
+        # A diverging run is caught below with a clear error: NumPy's own overflow warnings
+        # (numpy and array_api_strict compute with NumPy) would only repeat it, once per op.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            try:
+                for e in range(self.epochs):
+                    epoch = model.epochs_trained
+                    model.optimizer.epoch = epoch
+                    starts.append(model.parameters())
+                    pending.append((epoch, self._run_epoch()))
+                    model.epochs_trained += 1
+                    last = e == self.epochs - 1
+                    if len(pending) >= self.sync_every or last:
+                        self._flush(pending, starts, (before, before_epoch), last, bar)
+                        before, before_epoch = starts[-1], pending[-1][0]
+                        starts, pending = [], []
+                        if model.stop_training:
+                            history.stopped_epoch = epoch
+                            break
+            finally:
+                if bar is not None:
+                    bar.close()
+        for cb in self.callbacks:
+            cb.on_train_end(model)
+        return history
+
+    def _flush(self, pending, starts, before, check_params: bool, bar) -> None:
+        """One transfer of the pending epochs' figures; roll back on a non-finite loss."""
+        model = self.model
+        xp = model.xp
+        keys = list(pending[0][1])
+        values = [figures[key] for _, figures in pending for key in keys]
+        if check_params:
+            finite = [xp.all(xp.isfinite(p)) for p in model.parameters()]
+            values.append(xp.astype(xp.all(xp.stack(finite)), model.dtype))
+        if model.backend.is_accelerator:
+            # One transfer for all the figures: each separate one would wait for the device.
+            stacked = xp.stack([xp.astype(v, model.dtype) for v in values])
+            host = to_numpy(stacked).astype(np.float64).tolist()
+        else:
+            host = [float(v) for v in values]
+        width = len(keys)
+        for i, (epoch, _) in enumerate(pending):
+            logs = dict(zip(keys, host[i * width:(i + 1) * width]))
+            for key, n in self.counted.items():
+                if key in logs:
+                    logs[key] /= n
+            if not math.isfinite(logs["loss"]):
+                # Roll back to the weights that gave the last finite loss.
+                params, start = (starts[i - 1], pending[i - 1][0]) if i else before
+                self._roll_back(params, start,
+                                f"the training loss became {logs['loss']} at epoch {epoch}")
+            model.history.append(epoch, logs)
+            for cb in self.callbacks:
+                cb.on_epoch_end(model, epoch, logs)
+            if bar is not None:
+                # The figures first: update() draws the bar, and it should show this epoch's.
+                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
+                bar.update(1)
+        if check_params and host[-1] != 1:
+            self._roll_back(starts[-1], pending[-1][0],
+                            f"the update of epoch {pending[-1][0]} made the weights non-finite")
+
+    def _roll_back(self, params: list[Any], epochs_trained: int, what: str) -> None:
+        model = self.model
+        model.assign_parameters(params)
+        model.epochs_trained = epochs_trained
+        if model.optimizer is not None:
+            model.optimizer.reset()
+        raise NonFiniteLossError(
+            f"Sequential.fit: {what} (lr={model.optimizer.rate():g}); the weights were rolled "
+            "back to their last values with a finite loss. Try a smaller learning rate (or "
+            "scale the inputs)."
+        )
+
+
+class _PlainProgress:
+    """Without tqdm: a line every tenth of the run."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.every = total, 0, max(1, total // 10)
+        self.postfix: dict[str, str] = {}
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.done % self.every == 0 or self.done == self.total:
+            figures = " ".join(f"{k}={v}" for k, v in self.postfix.items())
+            print(f"epoch {self.done}/{self.total} {figures}", file=sys.stderr)
+
+    def set_postfix(self, postfix: dict[str, str], refresh: bool = False) -> None:
+        self.postfix = postfix
+
+    def close(self) -> None:
+        pass
