@@ -1,6 +1,6 @@
 """nnx: neural networks written once against the Python Array API standard.
 
-The same code trains on NumPy, CuPy (NVIDIA GPUs), PyTorch and array-api-strict; choose
+The same code trains on NumPy, CuPy (NVIDIA GPUs), PyTorch, JAX and array-api-strict; choose
 the backend with ``NNX_BACKEND``, ``nnx.use_backend(...)`` or a model's ``backend=`` argument.
 """
 

@@ -56,6 +56,7 @@ REGISTRY: dict[str, BackendSpec] = {spec.name: spec for spec in (
     BackendSpec("numpy", "nnx.backends.numpy"),
     BackendSpec("cupy", "nnx.backends.cupy"),
     BackendSpec("torch", "nnx.backends.torch"),
+    BackendSpec("jax", "nnx.backends.jax"),
     BackendSpec("array_api_strict", "nnx.backends.array_api_strict"),
 )}
 BACKENDS = tuple(REGISTRY)
