@@ -56,7 +56,10 @@ def check_finite(array: Any, name: str, where: str) -> None:
 def to_model(backend: Any, array: Any, dtype: Any, dtype_name: str, name: str,
              where: str) -> Any:
     """`array` (finite, checked) cast to the model's dtype on its device, checked again."""
-    moved = backend.asarray(array, dtype=dtype)
+    # NumPy (and array-api-strict, which computes with it) warns when a cast overflows: the
+    # check below says so clearly instead.
+    with np.errstate(over="ignore"):
+        moved = backend.asarray(array, dtype=dtype)
     if not _all_finite(moved):
         raise InvalidDataError(
             f"{where}: {name} holds values too large for {dtype_name} (they become inf); "
