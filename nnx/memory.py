@@ -69,7 +69,8 @@ def _dtype_name(dtype: Any) -> str | None:
     return None if dtype is None else str(getattr(dtype, "name", dtype)).removeprefix("torch.")
 
 
-def _format_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -129,13 +130,13 @@ def device_memory_error(exc: BaseException, what: str,
     itemsize = _itemsize(dtype_name) if dtype_name else None
     requested = _requested_bytes(exc)
 
-    allocating = f" allocating {_format_bytes(requested)}" if requested is not None else ""
+    allocating = f" allocating {format_bytes(requested)}" if requested is not None else ""
     held = getattr(exc, "_total", None)
     if isinstance(held, int) and held > 0:
-        allocating += f" (the memory pool already held {_format_bytes(held)})"
+        allocating += f" (the memory pool already held {format_bytes(held)})"
     sizes = []
     for name, shape in shapes.items():
-        size = f" = {_format_bytes(math.prod(shape) * itemsize)}" if itemsize else ""
+        size = f" = {format_bytes(math.prod(shape) * itemsize)}" if itemsize else ""
         sizes.append(f"{name} {shape}{size}")
     arrays = f" Arrays involved{f' ({dtype_name})' if dtype_name else ''}: " + (
         "; ".join(sizes) + "." if sizes else "none recorded.")

@@ -175,3 +175,10 @@ def test_an_nnx_backend_that_selects_nothing_fails_the_run():
     assert result.returncode != 0
     assert "NNX_BACKEND='nmpy' is not a backend" in result.stdout + result.stderr
 
+
+
+def test_a_layer_too_large_for_memory_says_which_and_how_much():
+    with pytest.raises(MemoryError, match=r"Dense\(2 -> 1000000000000, activation=identity\): its "
+                                          r"weights \(2 x 1000000000000\) need 14.6 TiB on the "
+                                          r"host to draw \(float64\) and 7.3 TiB in float32"):
+        nnx.Sequential([nnx.Dense(2, 10**12)])

@@ -71,8 +71,9 @@ class Layer:
         """``name -> gradient`` from the last :meth:`backward`, the keys of :meth:`params`."""
         raise NotImplementedError
 
-    def assign(self, params: dict[str, Any]) -> None:
-        """Put arrays of this layer's backend, dtype and shapes in place (unchecked)."""
+    def assign(self, values: Any) -> None:
+        """Put arrays of this layer's backend, dtype and shapes in place (unchecked): a
+        sequence in the order of :meth:`params`, or a dict by name."""
         raise NotImplementedError
 
     def decay(self) -> dict[str, bool]:

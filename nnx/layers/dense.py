@@ -81,10 +81,21 @@ class Dense(Layer):
         backend = get_backend(backend)
         dtype_obj = backend.dtype(dtype)
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        W = draw_weights(rng, self.n_in, self.n_out, self.init, self.activation.name)
-        with backend.scope(dtype):
-            W_device = backend.asarray(W, dtype=dtype_obj)
-            b_device = backend.xp.zeros((self.n_out,), dtype=dtype_obj, device=backend.device)
+        try:
+            W = draw_weights(rng, self.n_in, self.n_out, self.init, self.activation.name)
+            with backend.scope(dtype):
+                W_device = backend.asarray(W, dtype=dtype_obj)
+                b_device = backend.xp.zeros((self.n_out,), dtype=dtype_obj,
+                                            device=backend.device)
+        except MemoryError as exc:
+            from nnx.memory import format_bytes
+
+            need = self.n_in * self.n_out * 8
+            raise MemoryError(
+                f"{self!r}: its weights ({self.n_in} x {self.n_out}) need "
+                f"{format_bytes(need)} on the host to draw (float64) and "
+                f"{format_bytes(need * np.dtype(dtype).itemsize // 8)} in {dtype} on "
+                f"{backend.describe()}: more memory than there is. Use smaller layers.") from exc
         self.backend, self.dtype = backend, dtype_obj
         # The backend's fast path for this activation (a fused kernel on CuPy), if it has one.
         self.activation = backend.fast_activation(self.activation)
@@ -136,8 +147,10 @@ class Dense(Layer):
     def grads(self) -> dict[str, Any]:
         return {"W": self.dW, "b": self.db}
 
-    def assign(self, params: dict[str, Any]) -> None:
-        self._W, self._b = params["W"], params["b"]
+    def assign(self, values: Any) -> None:
+        if isinstance(values, dict):
+            values = (values["W"], values["b"])
+        self._W, self._b = values
 
     def checked_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """`params` checked (shapes, finite) and copied onto the layer's backend and dtype;
