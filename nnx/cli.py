@@ -24,7 +24,7 @@ import numpy as np
 from nnx import datasets
 from nnx.backends import CHOICES, get_backend, test_targets, to_numpy
 from nnx.errors import NnxError
-from nnx.saving import write_atomically
+from nnx.saving import check_writable, write_atomically
 
 GENERATED = ("moons", "circles", "spiral")
 DEFAULT_LR = {"sgd": 0.5, "momentum": 0.05, "nesterov": 0.05, "adam": 0.01}
@@ -150,7 +150,8 @@ def _load_data(args: Any) -> tuple[np.ndarray, np.ndarray, str]:
     if args.target is None:
         raise UsageError(f"--data {name} is a CSV file: name its label column with --target "
                          "COLUMN.")
-    X, y, _ = datasets.load_csv(name, target=args.target)
+    X, y, features = datasets.load_csv(name, target=args.target)
+    _check_fits(X, args.dtype, name, features, "use --dtype float64")
     return X, y, os.path.basename(name)
 
 
@@ -172,6 +173,21 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
     return y
 
 
+def _check_fits(X: np.ndarray, dtype: str, source: str, features: list[str] | None,
+                remedy: str) -> None:
+    """Refuse values the model's dtype cannot hold (1e39 is finite in float64, inf in
+    float32), naming the column, before NumPy warns about an overflow in the cast."""
+    largest = float(np.finfo(dtype).max)
+    too_large = np.abs(X) > largest
+    if not too_large.any():
+        return
+    row, col = (int(k) for k in np.argwhere(too_large)[0])
+    column = repr(features[col]) if features is not None else str(col)
+    raise UsageError(f"{source}: column {column}, data row {row + 1}: {X[row, col]:g} is too "
+                     f"large for {dtype} (it holds magnitudes up to {largest:.4g}); scale the "
+                     f"column, or {remedy}.")
+
+
 def _schedule(name: str | None, epochs: int) -> Any:
     from nnx.optimizers import ExponentialDecay, InverseTimeDecay, StepDecay
 
@@ -184,14 +200,12 @@ def _schedule(name: str | None, epochs: int) -> Any:
     return InverseTimeDecay(rate=9.0 / max(1, epochs))
 
 
-def _check_output_path(path: str | None, option: str) -> None:
+def _check_output_path(path: str | None, option: str, command: str) -> None:
+    """Everything :func:`write_atomically` will check, before any work: the folder exists
+    and is writable, `path` is not a folder nor a read-only file."""
     if path is None:
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"{option} {path}: the folder {folder} does not exist.")
-    if os.path.isdir(path):
-        raise UsageError(f"{option} {path} is a folder; give a file name.")
+    check_writable(path, f"nnx {command} {option}")
 
 
 def _check_plot_path(path: str | None) -> None:
@@ -257,8 +271,8 @@ def train(args: Any) -> int:
     from nnx.model import Sequential
     from nnx.optimizers import get_optimizer
 
-    _check_output_path(args.out, "--out")
-    _check_output_path(args.plot, "--plot")
+    _check_output_path(args.out, "--out", "train")
+    _check_output_path(args.plot, "--plot", "train")
     _check_plot_path(args.plot)
     if args.epochs < 1:
         raise UsageError(f"--epochs must be >= 1; received {args.epochs}.")
@@ -394,11 +408,12 @@ def _add_predict(sub: Any) -> None:
 def predict(args: Any) -> int:
     import nnx
 
-    _check_output_path(args.out, "--out")
+    _check_output_path(args.out, "--out", "predict")
     if not os.path.isfile(args.model):
         raise UsageError(f"{args.model}: no such model file.")
     model = nnx.load(args.model, backend=args.backend, device=args.device)
-    X, y, _ = datasets.load_csv(args.data, target=args.target)
+    X, y, features = datasets.load_csv(args.data, target=args.target)
+    _check_fits(X, model.dtype_name, args.data, features, "retrain the model with --dtype float64")
     if args.target is None and X.shape[1] == model.n_in + 1:
         raise UsageError(f"{args.data} has {X.shape[1]} columns but the model takes "
                          f"{model.n_in} features; name the label column with --target COLUMN.")

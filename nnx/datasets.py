@@ -7,6 +7,7 @@ its backend once, in ``fit``/``predict``. One seed gives the same data on every 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Any
 
@@ -178,8 +179,54 @@ def train_test_split(X: Any, y: Any, test_size: float = 0.25, seed: int | None =
     return X[train_idx], X[test_idx], y[train_idx], y[test_idx]
 
 
+_MISSING = frozenset({"", "na", "n/a", "null", "none", "?", "-"})  # "nan": not finite
+_DELIMITERS = ",;\t|"
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_text(path: str) -> str:
+    """The file as text: UTF-8, a byte-order mark dropped; the line of a bad byte named."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise InvalidDataError(f"{path}: cannot read the CSV file ({exc.strerror}).") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InvalidDataError(
+            f"{path}, line {line}: the file is not UTF-8 text (byte 0x{data[exc.start]:02x} "
+            f"cannot be decoded); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from None
+
+
+def _delimiter(text: str) -> str:
+    """``,`` unless the header row holds no comma and another delimiter (``;``, tab, ``|``)
+    splits the first lines into the same number of columns (csv.Sniffer)."""
+    first = text.split("\n", 1)[0]
+    if "," in first:
+        return ","
+    try:
+        found = csv.Sniffer().sniff("\n".join(text.splitlines()[:20]),
+                                    delimiters=_DELIMITERS).delimiter
+    except csv.Error:
+        return ","
+    return found if found in _DELIMITERS else ","
+
+
 def load_csv(path: str | os.PathLike, target: str | None = None):
     """Read a numeric CSV file with a header row.
+
+    The file is UTF-8 (a byte-order mark is dropped); its cells are separated by commas, or
+    by semicolons, tabs or ``|`` where the header row holds no comma. A first row of numbers
+    is refused: it is data, not a header.
 
     Parameters
     ----------
@@ -191,37 +238,57 @@ def load_csv(path: str | os.PathLike, target: str | None = None):
     X : ndarray, shape (n_rows, n_features), float64
     y : ndarray, shape (n_rows,) or None
     features : list of str
+
+    Raises
+    ------
+    InvalidDataError
+        Naming the file, and the line and column where it applies.
     """
     path = os.fspath(path)
+    text = _read_text(path)
+    delimiter = _delimiter(text)
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
-    except OSError as exc:
-        raise InvalidDataError(f"{path}: cannot read the CSV file ({exc.strerror}).") from None
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
-    if len(rows) < 2:
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    except csv.Error as exc:
+        raise InvalidDataError(f"{path}: not a readable CSV file ({exc}).") from None
+    numbered = [(i, row) for i, row in enumerate(rows, start=1)
+                if any(cell.strip() for cell in row)]
+    if len(numbered) < 2:
         raise InvalidDataError(f"{path}: expected a header row and at least one data row.")
-    header = [name.strip() for name in rows[0]]
+    header_line, header_row = numbered[0]
+    header = [name.strip() for name in header_row]
+    if all(_is_number(name) for name in header):
+        shown = delimiter.join(header)
+        raise InvalidDataError(
+            f"{path}, line {header_line}: the first row ({shown[:60]!r}) looks like data, not a "
+            "header; nnx reads CSV files whose first row names the columns: add a header row "
+            f"(e.g. {delimiter.join(f'x{j}' for j in range(min(len(header), 3)))}).")
     if target is not None and target not in header:
         raise InvalidDataError(f"{path}: no column named {target!r}; the columns are {header}.")
-    values = np.empty((len(rows) - 1, len(header)))
-    for i, row in enumerate(rows[1:], start=2):
+    values = np.empty((len(numbered) - 1, len(header)))
+    for r, (i, row) in enumerate(numbered[1:]):
         if len(row) != len(header):
             raise InvalidDataError(f"{path}, line {i}: {len(row)} cells; the header has "
                                    f"{len(header)}.")
         for j, cell in enumerate(row):
+            where = f"{path}, line {i}, column {header[j]!r}"
+            if cell.strip().lower() in _MISSING:
+                raise InvalidDataError(f"{where}: {cell!r} is a missing value; nnx needs a "
+                                       "number in every cell: fill or drop missing values "
+                                       "first.")
             try:
                 value = float(cell)
             except ValueError:
+                hint = (" (a decimal comma? write 1.5, not 1,5)"
+                        if delimiter != "," and _is_number(cell.replace(",", ".")) else
+                        " (encode categories as numbers first)")
                 raise InvalidDataError(
-                    f"{path}, line {i}, column {header[j]!r}: {cell!r} is not a number; "
-                    "nnx reads numeric CSV files only (encode categories as numbers first)."
-                ) from None
+                    f"{where}: {cell!r} is not a number; nnx reads numeric CSV files "
+                    f"only{hint}.") from None
             if not np.isfinite(value):
-                raise InvalidDataError(f"{path}, line {i}, column {header[j]!r}: "
-                                       f"{cell.strip()!r} is "
-                                 "not a finite number; fill or drop missing values first.")
-            values[i - 2, j] = value
+                raise InvalidDataError(f"{where}: {cell.strip()!r} is not a finite number; "
+                                       "fill or drop missing values first.")
+            values[r, j] = value
     if target is None:
         return values, None, header
     t = header.index(target)

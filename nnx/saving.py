@@ -27,11 +27,14 @@ fresh optimizer from the loaded weights.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
 import os
-import tempfile
+import secrets
+import socket
+import stat
 import zipfile
 from typing import Any
 
@@ -49,7 +52,8 @@ MAX_METADATA_BYTES = 1 << 20
 MAX_LAYERS = 10_000
 _NPY_HEADER_BYTES = 1 << 16  # the most a .npy header may take (format version 2/3)
 
-__all__ = ["FORMAT_VERSION", "ModelFileError", "load", "save", "write_atomically"]
+__all__ = ["FORMAT_VERSION", "ModelFileError", "check_writable", "load", "save",
+           "write_atomically"]
 
 
 # -- save -------------------------------------------------------------------------------------
@@ -64,14 +68,19 @@ def save(model: Any, path: str | os.PathLike) -> None:
 
     The file is written to a temporary file in the same folder, flushed to disk and renamed over
     `path`, so that an error or a crash leaves either the previous file or the new one, never a
-    partial file.
+    partial file. An existing file keeps its permissions; a read-only one is refused; a
+    symbolic link keeps pointing to its (updated) target.
 
     Raises
     ------
+    InvalidParameterError
+        `path` is not a file name (``""``, None).
     FileNotFoundError
         The folder of `path` does not exist.
     IsADirectoryError
-        `path` is a folder.
+        `path` is a folder (or ends with ``/``).
+    PermissionError
+        `path` or its folder is read-only (see :func:`write_atomically`); nothing is written.
     ValueError
         A parameter is NaN or inf (nothing is written).
     """
@@ -83,8 +92,23 @@ def save(model: Any, path: str | os.PathLike) -> None:
 def write_atomically(path: str | os.PathLike, write: Any, where: str, text: bool = False) -> None:
     """Call ``write(handle)`` on a temporary file beside `path`, then rename it over `path`.
 
-    An error, a crash or Ctrl-C inside `write` leaves the previous file (or no file) at `path`
-    and no temporary file behind. Used for models, predictions and figures alike.
+    An error, a crash or Ctrl-C inside `write` leaves the previous file (or no file) at `path`;
+    the temporary file is removed, or, after a crash (SIGKILL, power loss), by the next write
+    of the same path. Used for models, predictions and figures alike.
+
+    * An existing file keeps its permission bits (and, where allowed, its owner); a new one
+      gets ``open()``'s usual ``0o666 & ~umask``.
+    * A file or folder that cannot be written is refused before anything is written, with
+      a ``PermissionError`` naming `path`: one that ``os.access`` says is not writable, or
+      whose mode has no write bit for anyone (``0o444``). The second rule also holds for
+      root, to whom ``os.access`` says everything is writable: nnx does not replace a file
+      that its owner made read-only.
+    * `path` a symbolic link: its target is replaced (the temporary file is written beside
+      the target), the link stays.
+    * The temporary file is ``.NAME.nnx-tmp-HOST-PID-RANDOM`` (NAME cut to fit the file
+      system's name length); ones left by a process of this machine that no longer runs (a
+      write killed midway) are removed by the next write of the same path (POSIX only).
+    * Every error names `path`, never the temporary file.
 
     Parameters
     ----------
@@ -95,27 +119,158 @@ def write_atomically(path: str | os.PathLike, write: Any, where: str, text: bool
     where : str
         Names the caller in error messages (``nnx.save``, ``nnx predict --out``).
     """
+    path, target = check_writable(path, where)
+    folder, base = os.path.split(target)
+    prefix = _temp_prefix(folder, base)
+    _remove_stale(folder, prefix)
+    try:
+        existing: os.stat_result | None = os.stat(target)
+    except OSError:
+        existing = None
+    tmp = ""
+    try:
+        for _ in range(100):
+            tmp = os.path.join(folder, f"{prefix}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                             0o600)
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 random names taken
+            raise FileExistsError(f"{where}: cannot write {path}: no free temporary name in "
+                                  f"{folder}.")
+        try:
+            mode = {"mode": "w", "newline": "", "encoding": "utf-8"} if text else {"mode": "wb"}
+            with os.fdopen(fd, **mode) as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if existing is not None:
+                os.chmod(tmp, stat.S_IMODE(existing.st_mode))
+                if hasattr(os, "chown") and (existing.st_uid, existing.st_gid) != (
+                        os.getuid(), os.getgid()):
+                    with contextlib.suppress(OSError):  # only root may give a file away
+                        os.chown(tmp, existing.st_uid, existing.st_gid)
+            else:
+                os.chmod(tmp, 0o666 & ~_umask())  # open()'s usual mode
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        if exc.filename not in (None, tmp):
+            raise  # about another file (one that `write` opened): its own message says which
+        detail = exc.strerror or str(exc) or type(exc).__name__
+        raise type(exc)(f"{where}: cannot write {path}: {detail}.") from None
+    _fsync_folder(folder)
+
+
+def check_writable(path: Any, where: str) -> tuple[str, str]:
+    """``(path, target)``: `path` as given and the file to replace (a link's target), checked
+    as :func:`write_atomically` does before it writes anything."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidParameterError(f"{where}: path must be a file name (str or os.PathLike); "
+                                    f"received path={path!r}.")
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path:
+        raise InvalidParameterError(f"{where}: path must be a file name; received path=''.")
+    seps = tuple(s for s in (os.sep, os.altsep) if s)
+    if path.endswith(seps) or os.path.basename(path) in (".", ".."):
+        raise IsADirectoryError(f"{where}: {path!r} names a folder; give a file name inside "
+                                "it.")
+    target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+    folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{where}: cannot write {path}: the folder {folder} does not "
                                 "exist; create it first (os.makedirs).")
-    if os.path.isdir(path):
+    if os.path.isdir(target):
         raise IsADirectoryError(f"{where}: {path} is a folder; give a file name inside it.")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    if not _may_write(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{where}: cannot write {path}: the folder {folder} is read-only "
+                              "(no write permission); choose another folder or make it "
+                              "writable.")
+    if os.path.exists(target) and not _may_write(target, os.W_OK):
+        shown = f"{path} (a link to {target})" if target != os.path.abspath(path) else path
+        raise PermissionError(
+            f"{where}: cannot write {shown}: the file is read-only (mode "
+            f"{stat.filemode(os.stat(target).st_mode)}); nothing was changed. Make it "
+            "writable (chmod u+w) or remove it first.")
+    name_max = _name_max(folder)
+    if len(os.fsencode(os.path.basename(target))) > name_max:
+        raise OSError(f"{where}: cannot write {path}: the file name is "
+                      f"{len(os.fsencode(os.path.basename(target)))} bytes long; this file "
+                      f"system allows at most {name_max}.")
+    return path, target
+
+
+def _may_write(path: str, how: int) -> bool:
+    """Whether a write would be allowed: by ``os.access`` and by the mode, which must have a
+    write bit for someone (root may write anything; nnx still keeps a read-only file)."""
     try:
-        mode = {"mode": "w", "newline": "", "encoding": "utf-8"} if text else {"mode": "wb"}
-        with os.fdopen(fd, **mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give open()'s usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
+        bits = os.stat(path).st_mode
+    except OSError:
+        return False
+    return os.access(path, how) and bool(bits & 0o222)
+
+
+def _name_max(folder: str) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (AttributeError, OSError, ValueError):
+        return 255
+
+
+_TEMP_TAG = ".nnx-tmp-"
+# This machine, in temporary names: in a folder shared between machines (NFS), a process id
+# only says whether a writer is alive on the machine that wrote it.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_prefix(folder: str, base: str) -> str:
+    """``.NAME.nnx-tmp-``, NAME cut so that the whole temporary name fits the folder's limit
+    (the same cut for the same name, so that the next write finds a crash's leftovers)."""
+    room = _name_max(folder) - len(_TEMP_TAG) - 1 - 9 - 20 - 1 - 8  # ".", host-, pid-, random
+    name = base
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return f".{name}{_TEMP_TAG}"
+
+
+def _remove_stale(folder: str, prefix: str) -> None:
+    """Remove the temporary files of `prefix` left by processes that no longer run (a write
+    killed midway); another process's write in progress is left alone."""
+    if os.name != "posix":
+        return
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        host, _, rest = name[len(prefix):].partition("-")
+        pid_text = rest.split("-", 1)[0]
+        if host == _HOST and pid_text.isdigit() and not _alive(int(pid_text)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        return True
+    return True
 
 
 def _arrays_of(model: Any) -> dict[str, np.ndarray]:
@@ -246,6 +401,10 @@ def _open(path: str) -> zipfile.ZipFile:
                                    "or not a file written by model.save().") from None
     except OSError as exc:
         raise ModelFileError(path, f"it cannot be read ({exc.strerror or exc}).") from None
+    except NotImplementedError as exc:  # a "version needed to extract" nnx never writes
+        raise ModelFileError(path, f"it needs a zip feature that nnx does not read ({exc}); "
+                                   "model.save() never writes one, so the file is corrupted "
+                                   "or not a model.") from None
     except Exception as exc:  # noqa: BLE001 - zipfile raises several types on a bad directory
         raise ModelFileError(path, f"its zip directory is damaged ({type(exc).__name__}: "
                                    f"{exc}).") from None
