@@ -265,6 +265,55 @@ def _saved_path(path: str) -> str:
     return path
 
 
+class _EpochLines:
+    """Progress as plain lines on stderr, for logs (a progress bar's carriage returns make one
+    endless line there): the first and last epoch, and at most one line every few seconds."""
+
+    def __init__(self, epochs: int, every_s: float = 3.0) -> None:
+        from nnx.callbacks import Callback
+
+        self.epochs, self.every_s, self.last = epochs, every_s, None
+        outer = self
+
+        class _Lines(Callback):
+            def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
+                outer.show(epoch, logs)
+
+        self.callback = _Lines()
+
+    def show(self, epoch: int, logs: dict[str, float]) -> None:
+        now = time.monotonic()
+        done = epoch + 1
+        if self.last is None or now - self.last >= self.every_s or done == self.epochs:
+            figures = "  ".join(f"{k} {v:.4g}" for k, v in logs.items())
+            print(f"epoch {done}/{self.epochs}  {figures}", file=sys.stderr, flush=True)
+            self.last = now
+
+
+def _warnings(history: Any, y_train: np.ndarray, X_train: np.ndarray,
+              figures: dict[str, float]) -> list[str]:
+    """What a user needs to hear about a run that went wrong without an error."""
+    out = []
+    losses = history["loss"]
+    if len(losses) > 1 and losses[-1] > losses[0]:
+        out.append(f"the training loss rose from {losses[0]:.4g} to {losses[-1]:.4g}: the "
+                   "learning rate is probably too high (try a smaller --lr)")
+    if "accuracy" in figures and len(y_train):
+        _, counts = np.unique(y_train, return_counts=True)
+        majority = counts.max() / len(y_train)
+        if abs(figures["accuracy"] - majority) < 0.5 / len(y_train) and len(counts) > 1:
+            out.append(f"the training accuracy {figures['accuracy']:.3f} is the share of the "
+                       "most common class: the network predicts one class. Scale the "
+                       "features, or train longer or with another --lr")
+    spans = np.ptp(np.asarray(X_train, np.float64), axis=0)
+    spans = spans[spans > 0]
+    if spans.size > 1 and spans.max() / spans.min() > 100:
+        out.append(f"the features' ranges differ by a factor of {spans.max() / spans.min():.3g}"
+                   ": standardise them (subtract each column's mean, divide by its standard "
+                   "deviation) for gradient descent to work well")
+    return out
+
+
 def train(args: Any) -> int:
     from nnx.callbacks import EarlyStopping
     from nnx.layers import Dense
@@ -336,11 +385,15 @@ def train(args: Any) -> int:
     print(f"fit      {args.optimizer} lr={lr:g}{schedule}, {args.epochs} epochs, {batch}",
           flush=True)
 
+    # A progress bar on a terminal; plain lines where stderr is a file or a pipe.
+    terminal = sys.stderr.isatty()
+    callbacks = [] if early_stopping is None else [early_stopping]
+    if not args.quiet and not terminal:
+        callbacks.append(_EpochLines(args.epochs).callback)
     start = time.perf_counter()
     history = model.fit(X_train, y_train, epochs=args.epochs, optimizer=optimizer,
                         batch_size=args.batch_size, validation_data=val,
-                        callbacks=[] if early_stopping is None else [early_stopping],
-                        verbose=not args.quiet)
+                        callbacks=callbacks, verbose=not args.quiet and terminal)
     seconds = time.perf_counter() - start
     sys.stderr.flush()
     if not args.quiet:
@@ -352,11 +405,14 @@ def train(args: Any) -> int:
     if history.best_epoch is not None:
         print(f"restored the weights of epoch {history.best_epoch + 1} (lowest {watched} "
               "loss)")
-    print(_figures("training", model.evaluate(X_train, y_train), len(y_train)))
+    trained = model.evaluate(X_train, y_train)
+    print(_figures("training", trained, len(y_train)))
     if val is not None:
         print(_figures("validation", model.evaluate(*val), len(val[1])))
     if test is not None:
         print(_figures("test", model.evaluate(*test), len(test[1])))
+    for warning in _warnings(history, y_train, X_train, trained):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.out is not None:
         model.save(args.out)
         print(f"saved model to {_saved_path(args.out)}")

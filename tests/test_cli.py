@@ -339,3 +339,31 @@ def test_a_failing_plot_or_prediction_write_leaves_the_old_file(trained_moons, t
     assert "Input/output error" in capsys.readouterr().err
     assert pred.read_text() == "previous predictions\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features.csv", "old.csv", "old.png"]
+
+
+def test_progress_into_a_log_is_plain_lines(tmp_path):
+    """stderr that is a file (2> log) gets lines, no carriage returns; the figures shown are
+    the epoch's own."""
+    with open(tmp_path / "log", "w") as log:
+        result = subprocess.run([sys.executable, "-m", "nnx", "train", "--epochs", "30",
+                                 "--lr", "0.5"], stdout=subprocess.PIPE, stderr=log, text=True,
+                                timeout=300, env={**os.environ, "NNX_BACKEND": "numpy"})
+    assert result.returncode == 0
+    text = (tmp_path / "log").read_text()
+    assert "\r" not in text
+    lines = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert lines[0].startswith("epoch 1/30  loss ") and lines[-1].startswith("epoch 30/30  loss ")
+    last_loss = float(lines[-1].split("  loss ")[1].split()[0])
+    table_last = result.stdout.split("     30  ")[1].split()[0]
+    assert last_loss == pytest.approx(float(table_last), abs=1e-4)
+
+
+def test_a_run_stuck_at_the_majority_class_is_warned_about(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [[float(a), float(b), int(a > 5000)] for a, b in
+            zip(rng.uniform(0, 1e4, 60), rng.uniform(0, 1, 60))]
+    data = write_csv(tmp_path / "d.csv", ["big", "small", "label"], rows)
+    result = nnx_cmd("train", "--data", data, "--target", "label", "--epochs", "5",
+                     "--lr", "50", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "warning: the features' ranges differ by a factor of" in result.stderr
