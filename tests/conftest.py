@@ -70,3 +70,22 @@ def pytest_sessionfinish(session, exitstatus):
     ran = len(reporter.stats.get("passed", [])) + len(reporter.stats.get("failed", []))
     if ran == 0:
         session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line for the skips (the GPU tests skip on a machine without one), instead of a
+    line per test: what was skipped, grouped by reason, most common first."""
+    from collections import Counter
+
+    reasons = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        text = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        text = text.removeprefix("Skipped: ")
+        # "cupy unavailable: backend='cupy' but CuPy is not installed (...)" -> its first part
+        head = text.split(" (")[0].split(";")[0]
+        reasons[head[:90]] += 1
+    if reasons:
+        parts = [f"{n} {why}" for why, n in reasons.most_common(4)]
+        rest = sum(reasons.values()) - sum(n for _, n in reasons.most_common(4))
+        terminalreporter.write_line("skipped: " + "; ".join(parts)
+                                    + (f"; {rest} other" if rest else ""))
