@@ -49,6 +49,8 @@ def _scoped(method: Any) -> Any:
 
     @functools.wraps(method)
     def wrapper(self: Sequential, *args: Any, **kwargs: Any) -> Any:
+        if not self.backend.has_scope:  # most backends: no context to enter on a hot path
+            return method(self, *args, **kwargs)
         with self.backend.scope(self.dtype_name):
             return method(self, *args, **kwargs)
 
@@ -130,6 +132,14 @@ class Sequential:
                     f"{self.backend.name} on {self.backend.device} in {self.dtype_name}. "
                     "Pass unbuilt layers, or build them with the model's backend and dtype.")
         self.layers = layers
+        # Where each layer's parameters sit in parameters(), and which ones L2 applies to:
+        # fixed by the architecture, so worked out once, not on every step.
+        self._slots: list[tuple[Layer, int, int]] = []
+        self._decays: list[bool] = []
+        for layer in layers:
+            start = len(self._decays)
+            self._decays += list(layer.decay().values())
+            self._slots.append((layer, start, len(self._decays)))
         # The backend's fast path for the loss (fused kernels on CuPy), if it has one.
         self.loss_function: Loss = self.backend.fast_loss(loss_obj)
         self.head = head_for(output, layers[-1].n_out, loss_obj.fused_activation is not None)
@@ -207,12 +217,10 @@ class Sequential:
         """Put back arrays from :meth:`parameters` of this model: the same backend, device,
         dtype and shapes, unchecked and not copied (use :meth:`set_weights` for anything
         else)."""
-        params = list(params)
-        i = 0
-        for layer in self.layers:
-            names = list(layer.params())
-            layer.assign(dict(zip(names, params[i:i + len(names)])))
-            i += len(names)
+        if not isinstance(params, list):
+            params = list(params)
+        for layer, start, stop in self._slots:
+            layer.assign(params[start:stop])
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies of ``[W0, b0, W1, b1, ...]`` as NumPy arrays on the host."""
@@ -235,8 +243,8 @@ class Sequential:
             layer.assign(params)
 
     def _decay(self) -> list[float]:
-        return [self.l2 if decays else 0.0 for layer in self.layers
-                for decays in layer.decay().values()]
+        l2 = self.l2
+        return [l2 if decays else 0.0 for decays in self._decays]
 
     # -- the data edge ------------------------------------------------------------------------
     def _as_X(self, X: Any, where: str, name: str = "X") -> Any:
@@ -311,8 +319,8 @@ class Sequential:
         """``(l2 / 2) * sum ||W||^2`` as a 0-d device array."""
         xp = self.xp
         total = None
-        for p, decay in zip(self.parameters(), self._decay()):
-            if decay:
+        for p, decays in zip(self.parameters(), self._decays):
+            if decays:
                 # A dot product of the flattened weights: one BLAS call, not a product and a sum.
                 w = xp.reshape(p, (-1,))
                 total = w @ w if total is None else total + w @ w
@@ -368,7 +376,7 @@ class Sequential:
             shuffle: bool = True, validation_data: tuple[Any, Any] | None = None,
             validation_split: float = 0.0, callbacks: Any = (),
             early_stopping: Any = None, verbose: bool | None = None,
-            sync_every: int = 1) -> History:
+            sync_every: int = 1, compile: bool = False) -> History:
         """Train by minibatch (or, with ``batch_size=None``, full-batch) gradient descent,
         continuing from the current weights.
 
@@ -404,6 +412,11 @@ class Sequential:
         sync_every : int
             Bring the epoch figures to the host every this many epochs (each transfer waits
             for the device). Callbacks and validation need 1.
+        compile : bool
+            Train with the backend's compiled step (jax: the functional step of
+            :mod:`nnx.compiled` under ``jax.jit``, full-batch epochs ``sync_every`` at a time
+            in one compiled loop); the same maths, seed and history as the eager loop, and
+            the optimizer's state is written back. Backends without one refuse it.
 
         Returns
         -------
@@ -415,7 +428,7 @@ class Sequential:
             schedule=schedule, shuffle=shuffle, validation_data=validation_data,
             validation_split=validation_split, callbacks=callbacks,
             early_stopping=early_stopping, verbose=verbose, sync_every=sync_every,
-            where=where)
+            where=where, compile=compile)
         Xd = self._as_X(X, where)
         train = (Xd, *self._as_y(y, Xd.shape[0], where))
         val = None
@@ -426,15 +439,19 @@ class Sequential:
         elif settings.split:
             train, val = split_validation(self, train, settings.split, where)
 
+        sync_every = 1 if settings.callbacks or val is not None else settings.sync_every
+        args = (self, *train, val, settings.epochs, settings.batch_size, settings.shuffle,
+                settings.callbacks, settings.verbose, sync_every)
+        # The backend's compiled loop (or its clear refusal), chosen in one place.
+        trainer = (self.backend.compiled_trainer(self, settings.optimizer, *args[1:])
+                   if settings.compile else Trainer(*args))
+
         # Everything is checked: only now does the model change.
         opt = settings.optimizer
         for name, value in settings.optimizer_changes.items():
             setattr(opt, name, value)
         self.optimizer, self.l2, self.stop_training = opt, settings.l2, False
-        sync_every = 1 if settings.callbacks or val is not None else settings.sync_every
         self.history = History()
-        trainer = Trainer(self, *train, val, settings.epochs, settings.batch_size,
-                          settings.shuffle, settings.callbacks, settings.verbose, sync_every)
         with translate_memory_errors("Sequential.fit", lambda: self._memory_shapes(
                 trainer.batch), self.backend, self.dtype_name):
             return trainer.run()

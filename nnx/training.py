@@ -7,9 +7,10 @@ loss becomes NaN or inf, and calls the callbacks and the progress display.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,7 @@ class FitSettings:
     def __init__(self, model: Any, *, epochs: Any, lr: Any, l2: Any, batch_size: Any,
                  optimizer: Any, schedule: Any, shuffle: Any, validation_data: Any,
                  validation_split: Any, callbacks: Any, early_stopping: Any, verbose: Any,
-                 sync_every: Any, where: str) -> None:
+                 sync_every: Any, where: str, compile: Any = False) -> None:
         self.epochs = check_int(epochs, "epochs", where, low=1)
         self.batch_size = check_int(batch_size, "batch_size", where, low=1, allow_none=True)
         self.sync_every = check_int(sync_every, "sync_every", where, low=1)
@@ -80,6 +81,7 @@ class FitSettings:
                                 high_open=True)
         self.shuffle = check_bool(shuffle, "shuffle", where)
         self.verbose = None if verbose is None else check_bool(verbose, "verbose", where)
+        self.compile = check_bool(compile, "compile", where)
         if self.split and validation_data is not None:
             raise InvalidParameterError(f"{where}: give validation_data or validation_split, "
                                         "not both.")
@@ -111,6 +113,22 @@ def split_validation(model: Any, data: tuple[Any, Any, Any], split: float,
                 None if labels is None else xp.take(labels, idx, axis=0))
 
     return take(train_idx), take(val_idx)
+
+
+@dataclasses.dataclass
+class Window:
+    """What ``sync_every`` epochs left on the host: the epochs, their figures (`rows`, in the
+    order of `keys`), whether the weights are finite (None: not checked), ``start_of(j)``:
+    the parameters and ``epochs_trained`` at the start of the window's epoch `j` (-1: of the
+    epoch before the window), and ``next_before()``: ``start_of(len(epochs) - 1)`` without
+    a reference to this window's predecessors."""
+
+    epochs: list[int]
+    keys: list[str]
+    rows: list[list[float]]
+    params_ok: bool | None
+    start_of: Callable[[int], tuple[list[Any], int]]
+    next_before: Callable[[], tuple[list[Any], int]]
 
 
 class Trainer:
@@ -185,11 +203,13 @@ class Trainer:
         history = model.history
         bar = self._progress()
         # Parameter arrays are never written in place, so holding them is a free snapshot.
-        # starts[i]: the parameters at the start of pending epoch i; before: at the start of
-        # the epoch preceding the window (the fit's initial parameters for the first window).
-        before, before_epoch = model.parameters(), model.epochs_trained
-        starts: list[list[Any]] = []
-        pending: list[tuple[int, dict[str, Any]]] = []
+        # before(): the parameters and epoch at the start of the epoch preceding the window
+        # (the fit's initial parameters for the first window).
+        first = (model.parameters(), model.epochs_trained)
+
+        def before() -> tuple[list[Any], int]:
+            return first
+
         for cb in self.callbacks:
             cb.check_figures(self.figure_names())
         for cb in self.callbacks:
@@ -198,20 +218,16 @@ class Trainer:
         # (numpy and array_api_strict compute with NumPy) would only repeat it, once per op.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
-                for e in range(self.epochs):
-                    epoch = model.epochs_trained
-                    model.optimizer.epoch = epoch
-                    starts.append(model.parameters())
-                    pending.append((epoch, self._run_epoch()))
-                    model.epochs_trained += 1
-                    last = e == self.epochs - 1
-                    if len(pending) >= self.sync_every or last:
-                        self._flush(pending, starts, (before, before_epoch), last, bar)
-                        before, before_epoch = starts[-1], pending[-1][0]
-                        starts, pending = [], []
-                        if model.stop_training:
-                            history.stopped_epoch = epoch
-                            break
+                done = 0
+                while done < self.epochs:
+                    k = min(self.sync_every, self.epochs - done)
+                    done += k
+                    window = self._run_window(k, before, done == self.epochs)
+                    self._record(window, bar)
+                    before = window.next_before
+                    if model.stop_training:
+                        history.stopped_epoch = window.epochs[-1]
+                        break
             finally:
                 if bar is not None:
                     bar.close()
@@ -219,8 +235,32 @@ class Trainer:
             cb.on_train_end(model)
         return history
 
-    def _flush(self, pending, starts, before, check_params: bool, bar) -> None:
-        """One transfer of the pending epochs' figures; roll back on a non-finite loss."""
+    def _run_window(self, k: int, before: Callable[[], tuple[list[Any], int]],
+                    last: bool) -> Window:
+        """Train `k` epochs and bring their figures to the host in one transfer (with the
+        weights' finiteness when `last`)."""
+        model = self.model
+        starts: list[list[Any]] = []
+        pending: list[tuple[int, dict[str, Any]]] = []
+        for _ in range(k):
+            epoch = model.epochs_trained
+            model.optimizer.epoch = epoch
+            starts.append(model.parameters())
+            pending.append((epoch, self._run_epoch()))
+            model.epochs_trained += 1
+        keys, rows, params_ok = self._to_host(pending, last)
+        final = (starts[-1], pending[-1][0])
+
+        def start_of(j: int) -> tuple[list[Any], int]:
+            return (starts[j], pending[j][0]) if j >= 0 else before()
+
+        return Window([epoch for epoch, _ in pending], keys, rows, params_ok, start_of,
+                      lambda: final)
+
+    def _to_host(self, pending, check_params: bool
+                 ) -> tuple[list[str], list[list[float]], bool | None]:
+        """One transfer of the pending epochs' figures (and of whether the weights are
+        finite, with `check_params`)."""
         model = self.model
         xp = model.xp
         keys = list(pending[0][1])
@@ -235,14 +275,20 @@ class Trainer:
         else:
             host = [float(v) for v in values]
         width = len(keys)
-        for i, (epoch, _) in enumerate(pending):
-            logs = dict(zip(keys, host[i * width:(i + 1) * width]))
+        rows = [host[i * width:(i + 1) * width] for i in range(len(pending))]
+        return keys, rows, (host[-1] == 1) if check_params else None
+
+    def _record(self, window: Window, bar) -> None:
+        """Log a window's figures, call the callbacks; roll back on a non-finite loss."""
+        model = self.model
+        for i, epoch in enumerate(window.epochs):
+            logs = dict(zip(window.keys, window.rows[i]))
             for key, n in self.counted.items():
                 if key in logs:
                     logs[key] /= n
             if not math.isfinite(logs["loss"]):
                 # Roll back to the weights that gave the last finite loss.
-                params, start = (starts[i - 1], pending[i - 1][0]) if i else before
+                params, start = window.start_of(i - 1)
                 self._roll_back(params, start,
                                 f"the training loss became {logs['loss']} at epoch {epoch}")
             model.history.append(epoch, logs)
@@ -252,9 +298,10 @@ class Trainer:
                 # The figures first: update() draws the bar, and it should show this epoch's.
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
                 bar.update(1)
-        if check_params and host[-1] != 1:
-            self._roll_back(starts[-1], pending[-1][0],
-                            f"the update of epoch {pending[-1][0]} made the weights non-finite")
+        if window.params_ok is False:
+            params, start = window.start_of(len(window.epochs) - 1)
+            self._roll_back(params, start, f"the update of epoch {window.epochs[-1]} made "
+                            "the weights non-finite")
 
     def _roll_back(self, params: list[Any], epochs_trained: int, what: str) -> None:
         model = self.model

@@ -20,6 +20,9 @@ import numpy as np
 
 from nnx.errors import InvalidParameterError
 
+#: The backends whose :meth:`Backend.compiled_trainer` gives a compiled training step.
+COMPILED_STEP_BACKENDS = ("jax",)
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Backend:
@@ -50,6 +53,8 @@ class Backend:
 
     #: The module whose ``__version__`` is the library's version.
     library: ClassVar[str] = ""
+    #: Whether :meth:`scope` does anything (models skip entering it where it does not).
+    has_scope: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, device={self.device!r})"
@@ -163,3 +168,13 @@ class Backend:
     def fast_loss(self, loss: Any) -> Any:
         """The loss to use on this backend (fused kernels, or `loss` itself)."""
         return loss
+
+    # -- a compiled training step ---------------------------------------------------------
+    def compiled_trainer(self, model: Any, optimizer: Any, *args: Any) -> Any:
+        """The epoch loop of ``fit(..., compile=True)``: a :class:`nnx.training.Trainer`
+        (made from `model` and the Trainer's other arguments `args`) whose steps are this
+        backend's compiled functional step, for `optimizer`. The generic backend has none."""
+        raise InvalidParameterError(
+            f"Sequential.fit: compile=True needs a backend with a compiled step "
+            f"({', '.join(COMPILED_STEP_BACKENDS)}); {self.name} has none: drop compile=True "
+            f"(or use backend={COMPILED_STEP_BACKENDS[0]!r}).")

@@ -11,6 +11,7 @@ them outside nnx follow the program's setting (in float32 unless x64 is on there
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import array_api_compat
@@ -24,6 +25,7 @@ INSTALL = "pip install 'nnx-arrays[jax]' (or jax[cuda13] for a GPU)"
 
 class JaxBackend(Backend):
     library = "jax"
+    has_scope = True
 
     @property
     def is_accelerator(self) -> bool:
@@ -68,6 +70,87 @@ class JaxBackend(Backend):
     def is_memory_error(cls, exc: BaseException) -> bool:
         return (type(exc).__module__ or "").startswith(("jax", "jaxlib")) and \
             "RESOURCE_EXHAUSTED" in str(exc)
+
+    def compiled_trainer(self, model: Any, optimizer: Any, *args: Any) -> Any:
+        """``fit(..., compile=True)``: the functional step of :mod:`nnx.compiled` under
+        ``jax.jit``, full-batch epochs ``sync_every`` at a time in one ``lax.fori_loop``."""
+        from nnx.compiled import CompiledTrainer
+
+        return CompiledTrainer(_engine, optimizer, model, *args)
+
+
+class _Engine:
+    """The compiled functions of one :class:`nnx.compiled.StepSpec` (see
+    :class:`nnx.compiled.CompiledTrainer` for what each computes)."""
+
+    def __init__(self, spec: Any) -> None:
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        from nnx import compiled
+
+        def figures(params, state, X, Y, labels, val, scalars):
+            params, state, loss, correct = compiled.train_step(jnp, spec, params, state, X, Y,
+                                                               scalars, labels)
+            row = [loss] + ([] if correct is None else [correct])
+            if val is not None:
+                val_loss, val_correct = compiled.evaluate(jnp, spec, params, *val)
+                row += [val_loss] + ([] if val_correct is None else [val_correct])
+            return params, state, jnp.stack([jnp.astype(f, X.dtype) for f in row])
+
+        def window(params, state, X, Y, labels, val, table, count):
+            n_figures = (2 if labels is not None else 1) + (
+                0 if val is None else (2 if val[2] is not None else 1))
+
+            def body(i, carry):
+                params, state, buf = carry
+                params, state, row = figures(params, state, X, Y, labels, val, table[i])
+                return params, state, lax.dynamic_update_index_in_dim(buf, row, i, 0)
+
+            buf = jnp.zeros((table.shape[0], n_figures), dtype=X.dtype)
+            params, state, buf = lax.fori_loop(0, count, body, (params, state, buf))
+            finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in params]))
+            return params, state, jnp.concatenate(
+                [jnp.reshape(buf, (-1,)), jnp.astype(finite, X.dtype)[None]])
+
+        def batch_step(params, state, acc, X, Y, labels, order, start, table, j, size):
+            def rows(a):
+                if a is None:
+                    return None
+                if order is None:
+                    return lax.dynamic_slice_in_dim(a, start, size, axis=0)
+                return jnp.take(a, lax.dynamic_slice_in_dim(order, start, size), axis=0)
+
+            params, state, loss, correct = compiled.train_step(
+                jnp, spec, params, state, rows(X), rows(Y), table[j], rows(labels))
+            total = acc[0] + loss * size
+            return params, state, (total, None if correct is None else acc[1] + correct)
+
+        self._window = jax.jit(window)
+        self._batch_step = jax.jit(batch_step, static_argnames=("size",))
+        self._evaluate = jax.jit(functools.partial(compiled.evaluate, jnp, spec))
+        self._jnp = jnp
+
+    def window(self, params, state, X, Y, labels, val, table, count):
+        params, state, flat = self._window(params, state, X, Y, labels, val, table, count)
+        return params, state, np.asarray(flat)  # the window's one transfer
+
+    def batch_step(self, params, state, acc, X, Y, labels, order, start, size, table, j):
+        return self._batch_step(params, state, acc, X, Y, labels, order, start, table, j,
+                                size=size)
+
+    def evaluate(self, params, X, Y, labels):
+        return self._evaluate(params, X, Y, labels)
+
+    def zeros(self, dtype):
+        zero = self._jnp.zeros((), dtype=dtype)
+        return zero, zero
+
+
+@functools.lru_cache(maxsize=64)
+def _engine(spec: Any) -> _Engine:
+    return _Engine(spec)
 
 
 def build(device: Any, where: str) -> JaxBackend:

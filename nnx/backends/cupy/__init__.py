@@ -20,6 +20,7 @@ _OOM_STATUSES = ("cudaErrorMemoryAllocation", "CUBLAS_STATUS_ALLOC_FAILED",
 
 class CupyBackend(Backend):
     library = "cupy"
+    has_scope = True
 
     @property
     def is_accelerator(self) -> bool:
