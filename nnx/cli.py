@@ -58,7 +58,14 @@ def _add_train(sub: Any) -> None:
                                                                 *datasets.SKLEARN])
                       + ") or a numeric CSV file with a header row (default: moons)")
     data.add_argument("--target", metavar="COLUMN",
-                      help="the CSV column holding the integer class labels")
+                      help="the CSV column holding the class labels: text, integers (any, "
+                           "e.g. 1-based) or true/false; the model keeps them and predicts "
+                           "them")
+    data.add_argument("--scale", action=argparse.BooleanOptionalAction, default=None,
+                      help="standardise the features (a Standardize layer, fitted on the "
+                           "training data and saved in the model, so predict applies it "
+                           "too); default: on for CSV files and scikit-learn's data sets, off "
+                           "for the generated ones (the tutorials train on raw points)")
     data.add_argument("--samples", type=int, metavar="N",
                       help="points to generate for moons, circles, spiral (spiral: N/3 per "
                            "arm); default: 200, 200, 300")
@@ -121,7 +128,7 @@ def _add_backend_options(group: Any) -> None:
                             "device1 for array_api_strict (default: the backend's default)")
 
 
-def _load_data(args: Any) -> tuple[np.ndarray, np.ndarray, str]:
+def _load_data(args: Any) -> tuple[np.ndarray, np.ndarray, str, list[str] | None]:
     name = args.data
     generated = args.samples is not None or args.noise is not None
     if name in datasets.BUILTIN or name in datasets.SKLEARN:
@@ -139,8 +146,10 @@ def _load_data(args: Any) -> tuple[np.ndarray, np.ndarray, str]:
                 kwargs["n_per_class"] = max(1, args.samples // 3)
             else:
                 kwargs["n"] = args.samples
+        if name in datasets.SKLEARN:
+            kwargs["scale"] = False  # the model's own Standardize layer scales (--no-scale: not)
         X, y = datasets.load(name, seed=args.seed, **kwargs)
-        return np.asarray(X, np.float64), np.asarray(y), name
+        return np.asarray(X, np.float64), np.asarray(y), name, None
     looks_like_file = os.path.exists(name) or name.lower().endswith(".csv") or os.sep in name
     if not looks_like_file:
         datasets.load(name)  # raises the list of known names
@@ -152,25 +161,24 @@ def _load_data(args: Any) -> tuple[np.ndarray, np.ndarray, str]:
                          "COLUMN.")
     X, y, features = datasets.load_csv(name, target=args.target)
     _check_fits(X, args.dtype, name, features, "use --dtype float64")
-    return X, y, os.path.basename(name)
+    return X, y, os.path.basename(name), features
 
 
-def _labels(y: np.ndarray, where: str) -> np.ndarray:
+def _labels(y: np.ndarray, where: str) -> tuple[np.ndarray, list[Any]]:
+    """``(codes, classes)``: the labels as 0 .. K-1 and the classes they stand for (text,
+    any integers or bools; sorted), kept in the model so predictions read as the data did."""
     y = np.asarray(y)
-    if y.dtype.kind == "f" and not np.all(y == np.round(y)):
-        bad = y[y != np.round(y)][0]
-        raise UsageError(f"{where}: the labels must be integer classes 0, 1, 2, ...; received "
-                         f"{bad:g}.")
-    y = y.astype(np.int64)
-    if y.min() < 0:
-        raise UsageError(f"{where}: the labels must be integer classes 0, 1, 2, ...; received "
-                         f"{y.min()}.")
-    if y.max() >= len(y):
-        # The output layer gets max + 1 units: a stray large label would ask for a huge one.
-        raise UsageError(f"{where}: the labels must be classes 0, 1, 2, ... below the number "
-                         f"of rows ({len(y)}); received the label {y.max()}. Is the label "
-                         "column (--target) the right one?")
-    return y
+    if y.dtype.kind == "f":
+        if not np.all(y == np.round(y)):
+            bad = y[y != np.round(y)][0]
+            raise UsageError(f"{where}: the labels must be classes (integers or text); "
+                             f"received {bad:g}. Is the label column (--target) the right one?")
+        y = y.astype(np.int64)
+    classes, codes = np.unique(y, return_inverse=True)
+    if len(classes) > max(20, len(y) // 2):
+        raise UsageError(f"{where}: the labels hold {len(classes)} different classes in "
+                         f"{len(y)} rows; is the label column (--target) the right one?")
+    return codes.astype(np.int64), [c.item() if hasattr(c, "item") else c for c in classes]
 
 
 def _check_fits(X: np.ndarray, dtype: str, source: str, features: list[str] | None,
@@ -230,7 +238,8 @@ def _where(backend: Any) -> str:
 
 def _architecture(model: Any, arrow: str = " -> ") -> str:
     parts = [str(model.n_in)]
-    parts += [f"{layer.n_out} {layer.activation.name}" for layer in model.layers]
+    parts += ["standardize" if layer.type_name == "Standardize"
+              else f"{layer.n_out} {layer.activation.name}" for layer in model.layers]
     return arrow.join(parts)
 
 
@@ -291,7 +300,7 @@ class _EpochLines:
 
 
 def _warnings(history: Any, y_train: np.ndarray, X_train: np.ndarray,
-              figures: dict[str, float]) -> list[str]:
+              figures: dict[str, float], scaled: bool) -> list[str]:
     """What a user needs to hear about a run that went wrong without an error."""
     out = []
     losses = history["loss"]
@@ -307,16 +316,15 @@ def _warnings(history: Any, y_train: np.ndarray, X_train: np.ndarray,
                        "features, or train longer or with another --lr")
     spans = np.ptp(np.asarray(X_train, np.float64), axis=0)
     spans = spans[spans > 0]
-    if spans.size > 1 and spans.max() / spans.min() > 100:
+    if not scaled and spans.size > 1 and spans.max() / spans.min() > 100:
         out.append(f"the features' ranges differ by a factor of {spans.max() / spans.min():.3g}"
-                   ": standardise them (subtract each column's mean, divide by its standard "
-                   "deviation) for gradient descent to work well")
+                   ": scale them (--scale) for gradient descent to work well")
     return out
 
 
 def train(args: Any) -> int:
     from nnx.callbacks import EarlyStopping
-    from nnx.layers import Dense
+    from nnx.layers import Dense, Standardize
     from nnx.model import Sequential
     from nnx.optimizers import get_optimizer
 
@@ -337,9 +345,9 @@ def train(args: Any) -> int:
         raise UsageError(f"--test-size must be a fraction in (0, 1); received "
                          f"{args.test_size:g}.")
     backend = get_backend(args.backend, args.device)
-    X, y, name = _load_data(args)
-    y = _labels(y, name)
-    n_classes = max(2, int(y.max()) + 1)
+    X, y, name, features = _load_data(args)
+    y, classes = _labels(y, name)
+    n_classes = max(2, len(classes))
     n_features = X.shape[1]
     n_total = X.shape[0]
 
@@ -368,9 +376,13 @@ def train(args: Any) -> int:
     if args.early_stopping is not None:
         early_stopping = EarlyStopping(patience=args.early_stopping)
     sizes = [n_features, *args.hidden]
-    layers = [Dense(a, b, args.activation) for a, b in zip(sizes, sizes[1:])]
+    scale = args.scale if args.scale is not None else name not in GENERATED + tuple(
+        datasets.BUILTIN)
+    layers: list[Any] = [Standardize(n_features)] if scale else []
+    layers += [Dense(a, b, args.activation) for a, b in zip(sizes, sizes[1:])]
     layers.append(Dense(sizes[-1], n_classes, "softmax"))
     model = Sequential(layers, l2=args.l2, dtype=args.dtype, seed=args.seed, backend=backend)
+    model.classes, model.feature_names = classes, features
     batch = "full batch" if args.batch_size is None else f"batch size {args.batch_size}"
     parts = [f"{len(y_train)} training"]
     if val is not None:
@@ -411,7 +423,7 @@ def train(args: Any) -> int:
         print(_figures("validation", model.evaluate(*val), len(val[1])))
     if test is not None:
         print(_figures("test", model.evaluate(*test), len(test[1])))
-    for warning in _warnings(history, y_train, X_train, trained):
+    for warning in _warnings(history, y_train, X_train, trained, scale):
         print(f"warning: {warning}", file=sys.stderr)
     if args.out is not None:
         model.save(args.out)
@@ -461,6 +473,29 @@ def _add_predict(sub: Any) -> None:
     p.set_defaults(run=predict)
 
 
+def _same_number(a: Any, b: Any) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _by_name(X: np.ndarray, features: list[str], names: list[str], path: str) -> np.ndarray:
+    """The columns of `X` in the order the model was trained on, found by their names."""
+    missing = [name for name in names if name not in features]
+    unknown = [name for name in features if name not in names]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"it lacks the column{'s' * (len(missing) > 1)} "
+                         f"{', '.join(map(repr, missing))} the model was trained on")
+        if unknown:
+            parts.append(f"it has {', '.join(map(repr, unknown))}, which the model does not "
+                         "know (name a label column with --target)")
+        raise UsageError(f"{path}: " + "; ".join(parts) + ".")
+    return X[:, [features.index(name) for name in names]]
+
+
 def predict(args: Any) -> int:
     import nnx
 
@@ -470,19 +505,23 @@ def predict(args: Any) -> int:
     model = nnx.load(args.model, backend=args.backend, device=args.device)
     X, y, features = datasets.load_csv(args.data, target=args.target)
     _check_fits(X, model.dtype_name, args.data, features, "retrain the model with --dtype float64")
-    if args.target is None and X.shape[1] == model.n_in + 1:
+    if model.feature_names is not None:
+        X = _by_name(X, features, model.feature_names, args.data)
+    elif args.target is None and X.shape[1] == model.n_in + 1:
         raise UsageError(f"{args.data} has {X.shape[1]} columns but the model takes "
                          f"{model.n_in} features; name the label column with --target COLUMN.")
     outputs = to_numpy(model.predict(X))
     classifier = outputs.ndim == 1
     if classifier:
         proba = np.asarray(to_numpy(model.predict_proba(X)), np.float64)
+        classes = model.classes if model.classes is not None else list(
+            range(max(2, proba.shape[1])))
         if proba.shape[1] == 1:
-            header = ["prediction", "probability_1"]
+            header = ["prediction", f"probability_{classes[1]}"]
         else:
-            header = ["prediction"] + [f"probability_{j}" for j in range(proba.shape[1])]
-        rows = [[str(int(label))] + [f"{p:.6g}" for p in ps]
-                for label, ps in zip(outputs, proba)]
+            header = ["prediction"] + [f"probability_{c}" for c in classes]
+        outputs = np.asarray(classes, dtype=object)[outputs]
+        rows = [[str(label)] + [f"{p:.6g}" for p in ps] for label, ps in zip(outputs, proba)]
     else:
         values = np.asarray(outputs, np.float64)
         header = [f"output_{j}" for j in range(values.shape[1])]
@@ -491,7 +530,8 @@ def predict(args: Any) -> int:
     report = []
     if y is not None:
         if classifier:
-            accuracy = float(np.mean(outputs == y))
+            same = [str(a) == str(b) or _same_number(a, b) for a, b in zip(outputs, y)]
+            accuracy = float(np.mean(same))
             report.append(f"accuracy {accuracy:.3f} on {len(y)} rows ({args.target!r})")
         elif values.shape[1] == 1:
             mse = float(np.mean((values[:, 0] - y) ** 2))

@@ -266,12 +266,21 @@ def load_csv(path: str | os.PathLike, target: str | None = None):
     if target is not None and target not in header:
         raise InvalidDataError(f"{path}: no column named {target!r}; the columns are {header}.")
     values = np.empty((len(numbered) - 1, len(header)))
+    t = None if target is None else header.index(target)
+    labels: list[str] = []
     for r, (i, row) in enumerate(numbered[1:]):
         if len(row) != len(header):
             raise InvalidDataError(f"{path}, line {i}: {len(row)} cells; the header has "
                                    f"{len(header)}.")
         for j, cell in enumerate(row):
             where = f"{path}, line {i}, column {header[j]!r}"
+            if j == t:
+                if not cell.strip():
+                    raise InvalidDataError(f"{where}: the target is missing; every row needs "
+                                           "one.")
+                labels.append(cell.strip())
+                values[r, j] = 0.0
+                continue
             if cell.strip().lower() in _MISSING:
                 raise InvalidDataError(f"{where}: {cell!r} is a missing value; nnx needs a "
                                        "number in every cell: fill or drop missing values "
@@ -291,15 +300,23 @@ def load_csv(path: str | os.PathLike, target: str | None = None):
             values[r, j] = value
     if target is None:
         return values, None, header
-    t = header.index(target)
     features = [name for j, name in enumerate(header) if j != t]
-    return np.delete(values, t, axis=1), values[:, t], features
+    # The target as numbers where every cell is one, else as the text of its labels.
+    if all(_is_number(label) for label in labels):
+        y = np.array([float(label) for label in labels])
+        if not np.all(np.isfinite(y)):
+            raise InvalidDataError(f"{path}: the target column {target!r} holds a value that "
+                                   "is not finite.")
+    else:
+        y = np.array(labels)
+    return np.delete(values, t, axis=1), y, features
 
 
-def load_sklearn(name: str):
+def load_sklearn(name: str, scale: bool = True):
     """``digits``, ``iris`` or ``breast_cancer`` from scikit-learn (an optional extra).
 
-    Returns ``X`` (float64, scaled to zero mean and unit variance per feature) and ``y``.
+    Returns ``X`` (float64; with `scale`, each feature at zero mean and unit variance) and
+    ``y``.
     """
     loaders = {"digits": "load_digits", "iris": "load_iris", "breast_cancer": "load_breast_cancer"}
     if name not in loaders:
@@ -314,8 +331,9 @@ def load_sklearn(name: str):
         ) from None
     bunch = getattr(sklearn.datasets, loaders[name])()
     X = bunch.data.astype(np.float64)
-    std = X.std(axis=0)
-    X = (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    if scale:
+        std = X.std(axis=0)
+        X = (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
     return X, bunch.target.astype(np.int64)
 
 
@@ -330,7 +348,7 @@ def load(name: str, seed: int | None = 0, **kwargs: Any):
     """A data set by name: a built-in one (``moons``, ``circles``, ``spiral``, ``xor``, ``or``,
     ``virus``) or scikit-learn's ``digits``, ``iris``, ``breast_cancer``."""
     if name in SKLEARN:
-        return load_sklearn(name)
+        return load_sklearn(name, **kwargs)
     if name not in BUILTIN:
         raise InvalidDataError(
             f"data set {name!r} is unknown; choose one of: {', '.join([*BUILTIN, *SKLEARN])}, "

@@ -140,12 +140,28 @@ class Sequential:
             start = len(self._decays)
             self._decays += list(layer.decay().values())
             self._slots.append((layer, start, len(self._decays)))
+        # What gradient descent updates: the trainable layers' parameters, in order. A layer
+        # needs its input's gradient only if a trainable layer comes before it.
+        self._trained = [layer for layer in layers if layer.trainable]
+        self._trained_slots: list[tuple[Layer, int, int]] = []
+        self._trained_decays: list[bool] = []
+        for layer in self._trained:
+            start = len(self._trained_decays)
+            self._trained_decays += list(layer.decay().values())
+            self._trained_slots.append((layer, start, len(self._trained_decays)))
+        self._input_grad = [any(layer.trainable for layer in layers[:i])
+                            for i in range(len(layers))]
         # The backend's fast path for the loss (fused kernels on CuPy), if it has one.
         self.loss_function: Loss = self.backend.fast_loss(loss_obj)
         self.head = head_for(output, layers[-1].n_out, loss_obj.fused_activation is not None)
         if not self.head.classifier and loss_obj.classification:
             raise InvalidParameterError(f"Sequential: loss={loss_obj.name!r} is for "
                                         "classification outputs.")
+        # What the data looked like, where a caller (the nnx command, nnx.sklearn) records it:
+        # the classes the output units stand for, and the features' names in order. Saved
+        # with the model.
+        self.classes: list[Any] | None = None
+        self.feature_names: list[str] | None = None
         self.optimizer: Optimizer | None = None
         self.history: History | None = None
         self.epochs_trained = 0
@@ -243,8 +259,21 @@ class Sequential:
             layer.assign(params)
 
     def _decay(self) -> list[float]:
+        """The L2 strength on each trained parameter (the model's l2 for weights, else 0)."""
         l2 = self.l2
-        return [l2 if decays else 0.0 for decays in self._decays]
+        return [l2 if decays else 0.0 for decays in self._trained_decays]
+
+    def trained_parameters(self) -> list[Any]:
+        """The parameters gradient descent updates (those of trainable layers), in order:
+        what the optimizer's state lines up with."""
+        return [p for layer in self._trained for p in layer.params().values()]
+
+    def assign_trained_parameters(self, params: Sequence[Any]) -> None:
+        """Put back arrays from :meth:`trained_parameters` (unchecked, not copied)."""
+        if not isinstance(params, list):
+            params = list(params)
+        for layer, start, stop in self._trained_slots:
+            layer.assign(params[start:stop])
 
     # -- the data edge ------------------------------------------------------------------------
     def _as_X(self, X: Any, where: str, name: str = "X") -> Any:
@@ -311,9 +340,12 @@ class Sequential:
         last = len(layers) - 1
         grad = out_grad
         fused = self.head.fused
+        needs = self._input_grad
         for i in range(last, -1, -1):
+            if not needs[i] and not layers[i].trainable:
+                break  # nothing below here learns: no gradient to carry further
             grad = layers[i].backward(grad, through_activation=not (i == last and fused),
-                                      input_grad=i > 0)
+                                      input_grad=needs[i])
 
     def _l2_term(self) -> Any:
         """``(l2 / 2) * sum ||W||^2`` as a 0-d device array."""
@@ -363,9 +395,9 @@ class Sequential:
         out = self._output(X, training=True)
         loss, out_grad = self._objective(out, Y, grad=True, scale=optimizer.grad_scale())
         self._backprop(out_grad)
-        grads = [g for layer in self.layers for g in layer.grads().values()]
-        self.assign_parameters(optimizer.step(self.xp, self.parameters(), grads,
-                                              self._decay()))
+        grads = [g for layer in self._trained for g in layer.grads().values()]
+        self.assign_trained_parameters(optimizer.step(self.xp, self.trained_parameters(),
+                                                      grads, self._decay()))
         return loss, out
 
     # -- fit ----------------------------------------------------------------------------------
@@ -451,10 +483,26 @@ class Sequential:
         for name, value in settings.optimizer_changes.items():
             setattr(opt, name, value)
         self.optimizer, self.l2, self.stop_training = opt, settings.l2, False
+        self._adapt(train[0])
         self.history = History()
         with translate_memory_errors("Sequential.fit", lambda: self._memory_shapes(
                 trainer.batch), self.backend, self.dtype_name):
             return trainer.run()
+
+    def _adapt(self, X: Any) -> None:
+        """Fit the layers that learn from the data rather than by gradient descent (a
+        Standardize layer's mean and scale) on the training data, once: later fits keep them,
+        so the model keeps scaling its inputs as it was trained to."""
+        pending = [layer for layer in self.layers if getattr(layer, "adapted", True) is False]
+        if not pending:
+            return
+        a = X
+        for layer in self.layers:
+            if layer in pending:
+                layer.adapt(a)
+                if layer is pending[-1]:
+                    return
+            a = layer.forward(a)
 
     def _memory_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
         """The per-batch arrays of a training step, for an out-of-memory message."""

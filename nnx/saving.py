@@ -296,6 +296,9 @@ def _arrays_of(model: Any) -> dict[str, np.ndarray]:
         "seed": model.seed,
         "epochs_trained": model.epochs_trained,
     }
+    for key in ("classes", "feature_names"):
+        if getattr(model, key, None) is not None:
+            metadata[key] = list(getattr(model, key))
     text = json.dumps(metadata, allow_nan=False)
     arrays[METADATA] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     return arrays
@@ -386,6 +389,14 @@ def load(path: str | os.PathLike, backend: str | Backend | None = None, device: 
     # Cast on the host: any byte order and the requested dtype reach the device as native.
     model.set_weights([members[name].astype(dtype) for name in shapes])
     model.epochs_trained = epochs_trained
+    classes, names = config.get("classes"), config.get("feature_names")
+    if classes is not None and len(classes) != max(2, model.n_out):
+        raise ModelFileError(path, f"it lists {len(classes)} classes for {model.n_out} output "
+                                   "units.")
+    if names is not None and len(names) != model.n_in:
+        raise ModelFileError(path, f"it lists {len(names)} feature names for {model.n_in} "
+                                   "inputs.")
+    model.classes, model.feature_names = classes, names
     return model
 
 
@@ -523,6 +534,15 @@ def _check_metadata(raw: np.ndarray | None, path: str) -> tuple[dict[str, Any], 
     epochs = metadata.get("epochs_trained")
     if not _is_count(epochs) or epochs < 0:
         raise ModelFileError(path, f"epochs_trained={epochs!r}; expected an integer >= 0.")
+    for key, kinds in (("classes", (str, int, float, bool)), ("feature_names", (str,))):
+        if key in metadata:
+            value = metadata[key]
+            if not isinstance(value, list) or not all(isinstance(v, kinds) for v in value) \
+                    or len(value) > 1_000_000:
+                raise ModelFileError(path, f"{key} must be a list of "
+                                           f"{'/'.join(k.__name__ for k in kinds)}; received "
+                                           f"{str(value)[:80]}.")
+            config = {**config, key: value}
     return config, dtype, epochs
 
 

@@ -366,4 +366,65 @@ def test_a_run_stuck_at_the_majority_class_is_warned_about(tmp_path):
     result = nnx_cmd("train", "--data", data, "--target", "label", "--epochs", "5",
                      "--lr", "50", "--quiet")
     assert result.returncode == 0, result.stderr
+    assert "warning: the features' ranges differ by a factor of" not in result.stderr  # scaled
+    result = nnx_cmd("train", "--data", data, "--target", "label", "--epochs", "5",
+                     "--lr", "50", "--quiet", "--no-scale")
     assert "warning: the features' ranges differ by a factor of" in result.stderr
+
+
+def _cancer_csv(path, labels=None, order=None):
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    bunch = sklearn_datasets.load_breast_cancer()
+    names = [n.replace(" ", "_") for n in bunch.feature_names]
+    order = list(range(len(names))) if order is None else order
+    rows = [[repr(float(row[i])) for i in order] + [t if labels is None else labels[t]]
+            for row, t in zip(bunch.data, bunch.target)]
+    return write_csv(path, [names[i] for i in order] + ["target"], rows)
+
+
+def test_breast_cancer_csv_trains_as_the_built_in_set(tmp_path):
+    """The CSV is scaled by default exactly as the built-in set: the same figures."""
+    data = _cancer_csv(tmp_path / "cancer.csv")
+    common = ["--hidden", "16", "8", "--epochs", "300", "--quiet"]
+    from_csv = ok(nnx_cmd("train", "--data", data, "--target", "target", *common))
+    built_in = ok(nnx_cmd("train", "--data", "breast_cancer", *common))
+    assert figures(from_csv, "validation") == figures(built_in, "validation")
+    assert figures(from_csv, "validation")["accuracy"] >= 0.95
+
+
+def test_string_labels_and_reordered_columns_round_trip(tmp_path):
+    data = _cancer_csv(tmp_path / "cancer.csv", labels=["malignant", "benign"])
+    ok(nnx_cmd("train", "--data", data, "--target", "target", "--hidden", "8", "--epochs",
+               "200", "--quiet", "--out", tmp_path / "m.npz"))
+    shuffled = _cancer_csv(tmp_path / "shuffled.csv", labels=["malignant", "benign"],
+                           order=list(range(30))[::-1])
+    result = ok(nnx_cmd("predict", tmp_path / "m.npz", shuffled, "--target", "target",
+                        "--out", tmp_path / "p.csv"))
+    assert float(result.split("accuracy ")[1].split()[0]) >= 0.97
+    with open(tmp_path / "p.csv") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["prediction", "probability_benign", "probability_malignant"]
+    assert {row[0] for row in rows[1:]} == {"benign", "malignant"}
+
+
+def test_predict_refuses_missing_and_unknown_columns_by_name(tmp_path):
+    data = _cancer_csv(tmp_path / "cancer.csv")
+    ok(nnx_cmd("train", "--data", data, "--target", "target", "--hidden", "4", "--epochs",
+               "5", "--quiet", "--out", tmp_path / "m.npz"))
+    lines = (tmp_path / "cancer.csv").read_text().splitlines()
+    renamed = [lines[0].replace("mean_radius", "radius")] + lines[1:]
+    (tmp_path / "renamed.csv").write_text("\n".join(renamed) + "\n")
+    result = nnx_cmd("predict", tmp_path / "m.npz", tmp_path / "renamed.csv", "--target",
+                     "target")
+    assert result.returncode == 2
+    assert "lacks the column 'mean_radius'" in result.stderr and "'radius'" in result.stderr
+
+
+def test_one_based_labels_make_no_phantom_class(tmp_path):
+    rows = [[float(i % 7), float(i % 3), 1 + (i % 2)] for i in range(40)]
+    data = write_csv(tmp_path / "d.csv", ["a", "b", "label"], rows)
+    out = ok(nnx_cmd("train", "--data", data, "--target", "label", "--epochs", "5",
+                     "--quiet", "--out", tmp_path / "m.npz"))
+    assert "2 classes" in out
+    result = ok(nnx_cmd("predict", tmp_path / "m.npz", data, "--target", "label"))
+    assert result.splitlines()[0] == "prediction,probability_1,probability_2"

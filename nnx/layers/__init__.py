@@ -2,5 +2,6 @@
 
 from nnx.layers.base import LAYERS, Layer, layer_from_config, register_layer
 from nnx.layers.dense import Dense
+from nnx.layers.standardize import Standardize
 
-__all__ = ["LAYERS", "Dense", "Layer", "layer_from_config", "register_layer"]
+__all__ = ["LAYERS", "Dense", "Layer", "Standardize", "layer_from_config", "register_layer"]

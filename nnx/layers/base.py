@@ -41,6 +41,9 @@ class Layer:
     """
 
     type_name: ClassVar[str] = ""
+    #: Whether gradient descent updates the parameters (a Standardize layer's are fitted
+    #: from the data instead).
+    trainable: ClassVar[bool] = True
     n_in: int
     n_out: int
     activation: Any
