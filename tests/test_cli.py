@@ -234,7 +234,8 @@ ERRORS = [
      "--validation-split must be a fraction in [0, 1); received 1.5"),
     (["train", "--test-size", "0"], "numpy", "--test-size must be a fraction in (0, 1)"),
     (["train", "--data", "HUGE", "--target", "label"], "numpy",
-     "below the number of rows (3); received the label 1000000000000"),
+     "the labels hold 60 different classes in 60 rows; is the label column (--target) the "
+     "right one?"),
     (["train", "--data", "NAN", "--target", "label"], "numpy",
      "line 3, column 'x1': 'nan' is not a finite number"),
     (["train", "--backend", "torch", "--device", "bogus", "--epochs", "1"], "numpy",
@@ -262,7 +263,9 @@ ERRORS = [
                          ids=[" ".join(args) + f" [{be}]" for args, be, _ in ERRORS])
 def test_errors_are_one_line_with_status_2(args, backend, message, bad_csv, tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a model")
-    huge = write_csv(tmp_path / "huge.csv", ["x1", "label"], [[0.1, 0], [0.2, 1e12], [0.3, 1]])
+    # A label per row (a feature column given as --target): refused, not a 60-class softmax.
+    huge = write_csv(tmp_path / "huge.csv", ["x1", "label"], [[0.1 * i, 1e12 + i]
+                                                              for i in range(60)])
     nan = write_csv(tmp_path / "nan.csv", ["x1", "label"], [[0.1, 0], ["nan", 1], [0.3, 1]])
     files = {"BAD": str(bad_csv), "JUNK": str(tmp_path / "junk.npz"), "HUGE": str(huge),
              "NAN": str(nan)}
