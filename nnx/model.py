@@ -10,6 +10,8 @@ step everything stays on the device. What the output means is the model's :mod:`
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -599,10 +601,16 @@ class Sequential:
         batch_size = check_int(batch_size, "batch_size", where, low=1, allow_none=True)
         Xd = self._as_X(X, where)
         Y, labels = self._as_y(y, Xd.shape[0], where)
-        figures = {key: float(value) for key, value in
-                   self.evaluate_encoded(Xd, Y, labels, batch_size).items()}
+        # An overflow is reported below, once, in words: not as NumPy's warning per operation.
+        with np.errstate(over="ignore", invalid="ignore"):
+            figures = {key: float(value) for key, value in
+                       self.evaluate_encoded(Xd, Y, labels, batch_size).items()}
         if "accuracy" in figures:
             figures["accuracy"] /= Xd.shape[0]
+        if not math.isfinite(figures["loss"]):
+            warnings.warn(f"{where}: the loss is {figures['loss']} on these data: the outputs "
+                          f"or targets overflow in {self.dtype_name} (scale them, or use "
+                          "dtype='float64').", UserWarning, stacklevel=2)
         return figures
 
     def loss(self, X: Any, y: Any) -> float:

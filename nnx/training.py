@@ -242,12 +242,26 @@ class Trainer:
         model = self.model
         starts: list[list[Any]] = []
         pending: list[tuple[int, dict[str, Any]]] = []
-        for _ in range(k):
-            epoch = model.epochs_trained
-            model.optimizer.epoch = epoch
-            starts.append(model.parameters())
-            pending.append((epoch, self._run_epoch()))
-            model.epochs_trained += 1
+        # An interrupt (Ctrl-C) inside the window puts the weights, the optimizer's state and
+        # the epoch count back to the window's start, so that they and the history agree
+        # (the optimizer replaces its arrays, never writes into them: a shallow copy of its
+        # attributes is a snapshot).
+        window_start = (model.parameters(), model.epochs_trained,
+                        dict(vars(model.optimizer)))
+        try:
+            for _ in range(k):
+                epoch = model.epochs_trained
+                model.optimizer.epoch = epoch
+                starts.append(model.parameters())
+                pending.append((epoch, self._run_epoch()))
+                model.epochs_trained += 1
+        except KeyboardInterrupt:
+            params, epochs_trained, state = window_start
+            model.assign_parameters(params)
+            model.epochs_trained = epochs_trained
+            vars(model.optimizer).clear()
+            vars(model.optimizer).update(state)
+            raise
         keys, rows, params_ok = self._to_host(pending, last)
         final = (starts[-1], pending[-1][0])
 
@@ -309,6 +323,17 @@ class Trainer:
         model.epochs_trained = epochs_trained
         if model.optimizer is not None:
             model.optimizer.reset()
+        # Not finite at the weights the training started from, before any update: no
+        # learning rate is to blame, the data are (values that overflow the model's dtype).
+        initial = model.evaluate_encoded(self.X, self.Y, self.labels)["loss"]
+        if not math.isfinite(float(initial)):
+            raise NonFiniteLossError(
+                f"Sequential.fit: {what}, but the loss is already {float(initial)} at the "
+                "weights the fit started from, before any update: the data overflow in "
+                f"{model.dtype_name} (targets or inputs too large; the largest "
+                f"{model.dtype_name} is {float(np.finfo(model.dtype_name).max):.3g} and the "
+                "loss squares them). Scale the targets and inputs, or use dtype='float64'; "
+                "the weights are unchanged.")
         raise NonFiniteLossError(
             f"Sequential.fit: {what} (lr={model.optimizer.rate():g}); the weights were rolled "
             "back to their last values with a finite loss. Try a smaller learning rate (or "

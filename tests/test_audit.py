@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+from helpers import host
 
 import nnx
 
@@ -182,3 +183,50 @@ def test_a_layer_too_large_for_memory_says_which_and_how_much():
                                           r"weights \(2 x 1000000000000\) need 14.6 TiB on the "
                                           r"host to draw \(float64\) and 7.3 TiB in float32"):
         nnx.Sequential([nnx.Dense(2, 10**12)])
+
+
+def test_an_interrupt_inside_an_epoch_leaves_weights_state_and_count_agreeing(moons):
+    X, y = moons
+    model = moons_model(dtype="float64")
+    model.fit(X, y, epochs=3, lr=0.1, batch_size=20, optimizer="adam")
+    weights, count = model.get_weights(), model.epochs_trained
+    moments = [host(m) for m in model.optimizer.m]
+
+    calls = {"n": 0}
+    step = model.train_step
+
+    def interrupted(Xb, Yb):  # Ctrl-C in the middle of the 4th epoch's minibatches
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return step(Xb, Yb)
+
+    model.train_step = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, y, epochs=2, batch_size=20)
+    assert model.epochs_trained == count and len(model.history) == 0
+    for got, want in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(model.optimizer.m, moments):
+        np.testing.assert_array_equal(host(got), want)
+
+
+def test_a_loss_infinite_before_any_update_blames_the_data():
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    y = np.full((20, 1), 1e30)  # fits float32, but its square does not
+    model = nnx.Sequential([nnx.Dense(2, 1)], seed=0)
+    before = model.get_weights()
+    with pytest.raises(nnx.NonFiniteLossError, match=r"already inf at the weights the fit "
+                                                     r"started from, before any update: the "
+                                                     r"data overflow in float32"):
+        model.fit(X, y, epochs=3, lr=0.01)
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_evaluate_warns_when_the_loss_is_not_finite():
+    X = np.random.default_rng(0).normal(size=(5, 2))
+    model = nnx.Sequential([nnx.Dense(2, 1)], seed=0)
+    with pytest.warns(UserWarning, match=r"Sequential.evaluate: the loss is inf on these data"):
+        figures = model.evaluate(X, np.full(5, 1e30))
+    assert figures["loss"] == np.inf
