@@ -32,7 +32,7 @@ SUMMARY=()
     date -u +%Y-%m-%dT%H:%M:%SZ
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | head -3
     $PY -m nnx info
-    run 90 $PY bench/gpu_probe.py
+    run 60 $PY bench/gpu_probe.py
 } 2>&1 | tee "$OUT/check.log"
 SUMMARY+=("$(grep -E '^\[(ok|FAIL|skip)' "$OUT/check.log")")
 
@@ -47,14 +47,14 @@ $PY -c "import pytest_timeout" 2> /dev/null && timeout_opt=(-p timeout --timeout
 
 if [ "$has_gpu" = 1 ]; then
     # 2. The suite on CuPy, then on JAX's GPU: $OUT/suite.log, cupy.xml, jax.xml
-    NNX_BACKEND=cupy run 170 $PY -m pytest -q -p no:cacheprovider tests "${timeout_opt[@]}" \
+    NNX_BACKEND=cupy run 150 $PY -m pytest -q -p no:cacheprovider tests "${timeout_opt[@]}" \
         --junitxml "$OUT/cupy.xml" 2>&1 | tee "$OUT/suite.log"
     SUMMARY+=("cupy suite: $(tail -1 "$OUT/suite.log")")
-    NNX_BACKEND=jax run 110 $PY -m pytest -q -p no:cacheprovider tests "${timeout_opt[@]}" \
+    NNX_BACKEND=jax run 90 $PY -m pytest -q -p no:cacheprovider tests "${timeout_opt[@]}" \
         -k "jax-gpu or not jax" --junitxml "$OUT/jax.xml" 2>&1 | tee -a "$OUT/suite.log"
     SUMMARY+=("jax suite: $(tail -1 "$OUT/suite.log")")
     # 3. The benchmarks at the sizes the targets name: $OUT/bench/{bench.json,bench.md,png}
-    run 150 $PY bench/report.py --backends numpy,cupy,torch-cuda,jax-gpu \
+    run 140 $PY bench/report.py --backends numpy,cupy,torch-cuda,jax-gpu \
         --hidden 256,1024,2048 --train-hidden 256,1024,2048 --max-time 0.2 --min-rounds 3 \
         --out "$OUT/bench" 2>&1 | tail -60
     SUMMARY+=("bench: $(ls "$OUT/bench" 2>/dev/null | tr '\n' ' ')")
