@@ -479,9 +479,32 @@ def test_translate_memory_errors_chains_and_passes_others():
 
 
 # -- TF32, everywhere -------------------------------------------------------------------------
-@pytest.mark.parametrize("value, enabled", [
-    (None, False), ("0", False), ("", False), ("1", True), (" 2 ", True), ("yes", False)])
+def _fake_cupy_linalg(monkeypatch, cc=80):
+    """A stand-in for cupy._core._routines_linalg with CuPy's own logic (read from its
+    source): the compute type is decided once, from CUPY_TF32, and cached."""
+    linalg = types.ModuleType("cupy._core._routines_linalg")
+    linalg.COMPUTE_TYPE_TBD, linalg.COMPUTE_TYPE_DEFAULT, linalg.COMPUTE_TYPE_TF32 = 0, 1, 7
+    table = {"float32": 0}
+
+    def get_compute_type(dtype):
+        if table["float32"] == 0:
+            table["float32"] = 7 if int(os.getenv("CUPY_TF32", "0")) > 0 else 1
+        return table["float32"]
+
+    def set_compute_type(dtype, compute_type):
+        if compute_type == 7 and cc < 80:
+            return  # CuPy warns and keeps the old type
+        table["float32"] = compute_type
+
+    linalg.get_compute_type, linalg.set_compute_type = get_compute_type, set_compute_type
+    monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", linalg)
+    return table
+
+
+@pytest.mark.parametrize("value, enabled", [(None, False), ("0", False), ("1", True),
+                                            (" 2 ", True)])
 def test_tf32_enabled_reads_the_variable_as_cupy_does(monkeypatch, value, enabled):
+    monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", None)  # no CuPy
     if value is None:
         monkeypatch.delenv("CUPY_TF32", raising=False)
     else:
@@ -489,16 +512,29 @@ def test_tf32_enabled_reads_the_variable_as_cupy_does(monkeypatch, value, enable
     assert cuda.tf32_enabled() is enabled
 
 
-def test_enable_tf32_before_cupy(monkeypatch):
-    monkeypatch.delenv("CUPY_TF32", raising=False)  # restored after the test
-    monkeypatch.delitem(sys.modules, "cupy", raising=False)
-    assert cuda.enable_tf32() is True
-    assert os.environ["CUPY_TF32"] == "1" and cuda.tf32_enabled()
+@pytest.mark.parametrize("value", ["", "yes", "on"])
+def test_a_cupy_tf32_value_cupy_would_choke_on_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv("CUPY_TF32", value)
+    with pytest.raises(nnx.InvalidParameterError, match=r"CUPY_TF32=.* is not an integer; "
+                                                       r"CuPy reads it with int\(\)"):
+        cuda.tf32_enabled()
 
 
-def test_enable_tf32_after_cupy_warns(monkeypatch):
+def test_enable_tf32_applies_after_the_first_float32_product(monkeypatch):
     monkeypatch.delenv("CUPY_TF32", raising=False)
-    monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))
-    with pytest.warns(UserWarning, match="before|already imported"):
-        assert cuda.enable_tf32() is False
-    assert cuda.tf32_enabled()
+    table = _fake_cupy_linalg(monkeypatch)
+    assert cuda.tf32_enabled() is False  # CuPy has now decided (the first product)
+    assert cuda.enable_tf32() is True and table["float32"] == 7
+    assert cuda.enable_tf32(False) is False and table["float32"] == 1
+
+
+def test_enable_tf32_reports_a_gpu_that_refuses_it(monkeypatch):
+    monkeypatch.delenv("CUPY_TF32", raising=False)
+    _fake_cupy_linalg(monkeypatch, cc=75)
+    assert cuda.enable_tf32() is False
+
+
+def test_enable_tf32_without_cupy_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", None)
+    with pytest.raises(nnx.BackendError, match="TF32 is a CuPy setting and CuPy is not usable"):
+        cuda.enable_tf32()

@@ -151,8 +151,11 @@ class CapturedStep:
 
         self._cupy = cupy
         self.model, self.optimizer = model, opt
-        self.X = model.encode(X, where=where)[0]
-        self.Y = _encoded_targets(model, self.X, Y, self.X.shape[0], where)
+        # Copies: the graph reads these buffers, and "write new data into step.X" must never
+        # write into the caller's own arrays (encode keeps a CuPy array of the model's dtype).
+        self.X = cupy.array(model.encode(X, where=where)[0], copy=True)
+        self.Y = cupy.array(_encoded_targets(model, self.X, Y, self.X.shape[0], where),
+                            copy=True)
         self.steps = 0
         self._settings = self._current_settings()
         self._graph: Any = None
