@@ -79,6 +79,10 @@ def _add_train(sub: Any) -> None:
                       help="fraction held out (stratified) before training, to report the "
                            "test accuracy at the end (default: none)")
     model = p.add_argument_group("model")
+    model.add_argument("--task", choices=("classification", "regression"),
+                       help="what the target is (default: regression for a target of "
+                            "non-integer numbers, else classification); regression trains "
+                            "one linear output on the mean squared error and reports R²")
     model.add_argument("--hidden", type=int, nargs="*", default=[3], metavar="SIZE",
                        help="hidden layer sizes, e.g. --hidden 3 or --hidden 64 32; none for "
                             "softmax regression (default: 3)")
@@ -265,7 +269,22 @@ def _table(history: Any) -> list[str]:
 
 def _figures(label: str, result: dict[str, float], n: int) -> str:
     accuracy = f"  accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
-    return f"{label:<11} loss {result['loss']:.4f}{accuracy}  ({n} samples)"
+    r2 = f"  R² {result['r2']:.4f}" if "r2" in result else ""
+    return f"{label:<11} loss {result['loss']:.4f}{accuracy}{r2}  ({n} samples)"
+
+
+def _r2(y: np.ndarray, predicted: np.ndarray) -> float:
+    """The coefficient of determination, 1 - SSE / SST."""
+    y, predicted = np.asarray(y, np.float64).ravel(), np.asarray(predicted, np.float64).ravel()
+    total = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum((y - predicted) ** 2)) / total if total > 0 else float("nan")
+
+
+def _evaluate(model: Any, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    figures = model.evaluate(X, y)
+    if not model.head.classifier:
+        figures["r2"] = _r2(y, to_numpy(model.predict(X)))
+    return figures
 
 
 def _saved_path(path: str) -> str:
@@ -346,8 +365,18 @@ def train(args: Any) -> int:
                          f"{args.test_size:g}.")
     backend = get_backend(args.backend, args.device)
     X, y, name, features = _load_data(args)
-    y, classes = _labels(y, name)
-    n_classes = max(2, len(classes))
+    y = np.asarray(y)
+    task = args.task or ("regression" if y.dtype.kind == "f" and not np.all(y == np.round(y))
+                         else "classification")
+    regression = task == "regression"
+    if regression:
+        if y.dtype.kind not in "fiub":
+            raise UsageError(f"{name}: --task regression needs a numeric target; the column "
+                             f"holds text such as {str(y[0])!r}.")
+        y, classes, n_classes = y.astype(np.float64), None, 1
+    else:
+        y, classes = _labels(y, name)
+        n_classes = max(2, len(classes))
     n_features = X.shape[1]
     n_total = X.shape[0]
 
@@ -355,7 +384,7 @@ def train(args: Any) -> int:
     test = None
     if args.test_size is not None:
         X_train, X_test, y_train, y_test = datasets.train_test_split(
-            X, y, test_size=args.test_size, seed=args.seed, stratify=True)
+            X, y, test_size=args.test_size, seed=args.seed, stratify=not regression)
         test = (X_test, y_test)
     split = args.validation_split
     if split is None:
@@ -363,7 +392,7 @@ def train(args: Any) -> int:
     val = None
     if split:
         X_train, X_val, y_train, y_val = datasets.train_test_split(
-            X_train, y_train, test_size=split, seed=args.seed + 1, stratify=True)
+            X_train, y_train, test_size=split, seed=args.seed + 1, stratify=not regression)
         val = (X_val, y_val)
 
     # Every setting is checked before anything is printed or trained.
@@ -380,7 +409,8 @@ def train(args: Any) -> int:
         datasets.BUILTIN)
     layers: list[Any] = [Standardize(n_features)] if scale else []
     layers += [Dense(a, b, args.activation) for a, b in zip(sizes, sizes[1:])]
-    layers.append(Dense(sizes[-1], n_classes, "softmax"))
+    layers.append(Dense(sizes[-1], 1, "identity") if regression
+                  else Dense(sizes[-1], n_classes, "softmax"))
     model = Sequential(layers, l2=args.l2, dtype=args.dtype, seed=args.seed, backend=backend)
     model.classes, model.feature_names = classes, features
     batch = "full batch" if args.batch_size is None else f"batch size {args.batch_size}"
@@ -391,7 +421,8 @@ def train(args: Any) -> int:
         parts.append(f"{len(test[1])} test")
     schedule = f", {args.schedule} decay" if args.schedule else ""
     print(f"backend  {_where(backend)}, {args.dtype}")
-    print(f"data     {name}: {n_total} samples, {n_features} features, {n_classes} classes; "
+    what = "a regression target" if regression else f"{n_classes} classes"
+    print(f"data     {name}: {n_total} samples, {n_features} features, {what}; "
           + ", ".join(parts))
     print(f"model    {_architecture(model)} ({model.n_params} parameters), l2={args.l2:g}")
     print(f"fit      {args.optimizer} lr={lr:g}{schedule}, {args.epochs} epochs, {batch}",
@@ -417,12 +448,12 @@ def train(args: Any) -> int:
     if history.best_epoch is not None:
         print(f"restored the weights of epoch {history.best_epoch + 1} (lowest {watched} "
               "loss)")
-    trained = model.evaluate(X_train, y_train)
+    trained = _evaluate(model, X_train, y_train)
     print(_figures("training", trained, len(y_train)))
     if val is not None:
-        print(_figures("validation", model.evaluate(*val), len(val[1])))
+        print(_figures("validation", _evaluate(model, *val), len(val[1])))
     if test is not None:
-        print(_figures("test", model.evaluate(*test), len(test[1])))
+        print(_figures("test", _evaluate(model, *test), len(test[1])))
     for warning in _warnings(history, y_train, X_train, trained, scale):
         print(f"warning: {warning}", file=sys.stderr)
     if args.out is not None:
@@ -524,7 +555,8 @@ def predict(args: Any) -> int:
         rows = [[str(label)] + [f"{p:.6g}" for p in ps] for label, ps in zip(outputs, proba)]
     else:
         values = np.asarray(outputs, np.float64)
-        header = [f"output_{j}" for j in range(values.shape[1])]
+        header = (["prediction"] if values.shape[1] == 1
+                  else [f"output_{j}" for j in range(values.shape[1])])
         rows = [[f"{v:.6g}" for v in row] for row in values]
 
     report = []
@@ -534,8 +566,10 @@ def predict(args: Any) -> int:
             accuracy = float(np.mean(same))
             report.append(f"accuracy {accuracy:.3f} on {len(y)} rows ({args.target!r})")
         elif values.shape[1] == 1:
+            y = np.asarray(y, np.float64)
             mse = float(np.mean((values[:, 0] - y) ** 2))
-            report.append(f"mean squared error {mse:.6g} on {len(y)} rows ({args.target!r})")
+            report.append(f"mean squared error {mse:.6g}, R² {_r2(y, values[:, 0]):.4f} on "
+                          f"{len(y)} rows ({args.target!r})")
     if args.out is None:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(header)

@@ -431,3 +431,20 @@ def test_one_based_labels_make_no_phantom_class(tmp_path):
     assert "2 classes" in out
     result = ok(nnx_cmd("predict", tmp_path / "m.npz", data, "--target", "label"))
     assert result.splitlines()[0] == "prediction,probability_1,probability_2"
+
+
+def test_regression_from_a_csv_is_inferred_trained_and_predicted(tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(-1, 1, 300), rng.uniform(0, 100, 300)
+    rows = [[x1, x2, 2 * x1 - x2 / 50 + 0.3] for x1, x2 in zip(a, b)]
+    data = write_csv(tmp_path / "r.csv", ["a", "b", "value"], rows)
+    out = ok(nnx_cmd("train", "--data", data, "--target", "value", "--hidden", "8",
+                     "--optimizer", "adam", "--lr", "0.01", "--epochs", "300",
+                     "--batch-size", "32", "--quiet", "--out", tmp_path / "r.npz"))
+    assert "a regression target" in out and "-> 1 identity" in out
+    r2 = float(out.split("validation")[1].split("R² ")[1].split()[0])
+    assert r2 > 0.95
+    result = ok(nnx_cmd("predict", tmp_path / "r.npz", data, "--target", "value",
+                        "--out", tmp_path / "p.csv"))
+    assert "mean squared error" in result and float(result.split("R² ")[1].split()[0]) > 0.95
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "prediction"
