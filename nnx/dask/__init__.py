@@ -6,6 +6,8 @@
   each read their own rows (nothing is copied or hashed when the graph is built).
 - :func:`predict`, :func:`predict_proba`, :func:`evaluate`: lazily by row blocks, with the
   model in the graph once.
+- :func:`fit`: training that streams the row blocks (the next block read while the current
+  one trains), on the core's epoch loop.
 """
 
 from __future__ import annotations
@@ -20,5 +22,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without dask
 
 from nnx.dask._io import read_array, read_npy, read_zarr
 from nnx.dask._predict import evaluate, predict, predict_proba
+from nnx.dask._stream import fit
 
-__all__ = ["evaluate", "predict", "predict_proba", "read_array", "read_npy", "read_zarr"]
+__all__ = ["evaluate", "fit", "predict", "predict_proba", "read_array", "read_npy", "read_zarr"]

@@ -1,0 +1,324 @@
+"""``fit`` streaming the row blocks of a dask array: one block in memory at a time (and the
+next, read in a background thread while the current one trains).
+
+The epoch loop is the core's :class:`~nnx.training.Trainer` (windows, history, rollback on a
+non-finite loss, callbacks, early stopping, progress); only the epoch itself differs. Each
+epoch visits the blocks in an order drawn from the model's generator, and each block's rows
+in an order drawn from it too, so one seed gives one run.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from nnx._validation import check_bool
+from nnx.callbacks import History
+from nnx.dask._predict import as_rows, as_targets, check_model, evaluate
+from nnx.errors import InvalidDataError, InvalidParameterError, NonFiniteLossError
+from nnx.training import FitSettings, Trainer, row_slices
+
+_WHERE = "nnx.dask.fit"
+
+
+class _Blocks:
+    """The row blocks of `X` and `y`, read (``dask.compute``) and encoded for the model:
+    ``(X, Y, labels)`` on its device."""
+
+    def __init__(self, model: Any, X: da.Array, y: da.Array) -> None:
+        self.model = model
+        self.parts = list(zip(X.to_delayed().ravel(), y.to_delayed().ravel()))
+        self.rows = X.chunks[0]
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def load(self, i: int) -> tuple[Any, Any, Any]:
+        model = self.model
+        Xc, yc = dask.compute(*self.parts[i])
+        Xd, Y = model.encode(Xc, yc, where=f"{_WHERE} (row block {i})")
+        labels = None
+        if model.head.classifier:
+            labels = model.head.encode(model.backend, model.dtype, np.asarray(yc),
+                                       Xd.shape[0])[1]
+        return Xd, Y, labels
+
+
+class StreamTrainer(Trainer):
+    """:class:`~nnx.training.Trainer` whose epoch streams row blocks.
+
+    ``batch_size=None`` is full-batch gradient descent as in ``Sequential.fit``: one update
+    per epoch, from the blocks' gradients combined as ``sum_c n_c g_c / n``.
+    """
+
+    def __init__(self, model: Any, blocks: _Blocks, n: int, val: Any, val_lazy: Any,
+                 epochs: int, batch_size: int | None, shuffle: bool, callbacks: list[Any],
+                 verbose: bool | None, sync_every: int, prefetch: bool) -> None:
+        labels = True if model.head.classifier else None  # only "is there accuracy" is read
+        super().__init__(model, _Rows(n), None, labels, val, epochs, batch_size, shuffle,
+                         callbacks, verbose, sync_every)
+        self.full_batch = batch_size is None
+        self.blocks, self.n, self.val_lazy = blocks, n, val_lazy
+        if val_lazy is not None:
+            self.counted["val_accuracy"] = val_lazy[0].shape[0]
+        self.prefetch = prefetch
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="nnx-dask-prefetch")
+        self._ahead: tuple[int, Any] | None = None  # (block, future) read in the background
+        self._next_order: np.ndarray | None = None
+        self._epochs_started = 0
+
+    def figure_names(self) -> list[str]:
+        names = super().figure_names()
+        if self.val_lazy is not None:
+            names += ["val_loss"] + (["val_accuracy"] if self.model.head.classifier else [])
+        return names
+
+    # -- reading ahead ------------------------------------------------------------------------
+    def _start(self, i: int) -> None:
+        if self.prefetch and (self._ahead is None or self._ahead[0] != i):
+            self._ahead = (i, self._pool.submit(self.blocks.load, i))
+
+    def _take(self, i: int) -> tuple[Any, Any, Any]:
+        if self._ahead is not None and self._ahead[0] == i:
+            future, self._ahead = self._ahead[1], None
+            return future.result()
+        return self.blocks.load(i)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._ahead = None
+
+    # -- the epoch ------------------------------------------------------------------------------
+    def _order(self) -> np.ndarray:
+        k = len(self.blocks)
+        return self.model.rng.permutation(k) if self.shuffle else np.arange(k)
+
+    def _run_epoch(self) -> dict[str, Any]:
+        model = self.model
+        order = self._next_order if self._next_order is not None else self._order()
+        self._next_order = None
+        self._epochs_started += 1
+        more = self._epochs_started < self.epochs
+        self._start(int(order[0]))
+        total = correct = None
+        sums: list[Any] | None = None
+        for j, i in enumerate(order):
+            Xd, Y, labels = self._take(int(i))
+            n_c = Xd.shape[0]
+            perm = model.rng.permutation(n_c) if self.shuffle and not self.full_batch else None
+            # The next block is read while this one trains (the next epoch's first block,
+            # in the order drawn now, at the end of an epoch: the generator's draws stay in
+            # the order of a run split into several fits).
+            if j + 1 < len(order):
+                self._start(int(order[j + 1]))
+            elif more:
+                self._next_order = self._order()
+                self._start(int(self._next_order[0]))
+            if self.full_batch:
+                loss, hit, sums = self._accumulate(Xd, Y, labels, sums)
+            else:
+                loss, hit = self._train_block(Xd, Y, labels, perm)
+            total = loss if total is None else total + loss
+            if hit is not None:
+                correct = hit if correct is None else correct + hit
+        if self.full_batch:
+            # The objective at the weights before the update, as a full-batch fit reports it.
+            total = total / self.n + l2_term(model)
+            model.apply_gradients([g / self.n for g in sums])
+        else:
+            total = total / self.n
+        figures = {"loss": total}
+        if correct is not None:
+            figures["accuracy"] = correct  # a count: the host divides it
+        figures.update(self._validation())
+        return figures
+
+    def _train_block(self, Xd: Any, Y: Any, labels: Any, perm: Any) -> tuple[Any, Any]:
+        model, xp = self.model, self.model.xp
+        n_c = Xd.shape[0]
+        idx = None if perm is None else model.backend.asarray(perm)
+        total = correct = None
+        for rows in row_slices(n_c, min(self.batch, n_c)):
+            if idx is None:
+                Xb, Yb = Xd[rows, ...], Y[rows, ...]
+                lb = None if labels is None else labels[rows, ...]
+            else:
+                take = idx[rows]
+                Xb, Yb = xp.take(Xd, take, axis=0), xp.take(Y, take, axis=0)
+                lb = None if labels is None else xp.take(labels, take, axis=0)
+            loss, out = model.train_step(Xb, Yb)
+            loss = loss * out.shape[0]
+            total = loss if total is None else total + loss
+            if lb is not None:
+                hit = model.head.correct(xp, out, lb, model.dtype)
+                correct = hit if correct is None else correct + hit
+        return total, correct
+
+    def _accumulate(self, Xd: Any, Y: Any, labels: Any, sums: list[Any] | None
+                    ) -> tuple[Any, Any, list[Any]]:
+        model = self.model
+        n_c = Xd.shape[0]
+        hit = None
+        if labels is not None:
+            hit = model.evaluate_encoded(Xd, Y, labels)["accuracy"]
+        loss, grads = model.gradients(Xd, Y, encoded=True)
+        scaled = [g * n_c for g in grads]
+        sums = scaled if sums is None else [s + g for s, g in zip(sums, scaled)]
+        return loss * n_c, hit, sums
+
+    def _validation(self) -> dict[str, Any]:
+        model = self.model
+        if self.val is not None:
+            return {"val_" + key: value
+                    for key, value in model.evaluate_encoded(*self.val).items()}
+        if self.val_lazy is None:
+            return {}
+        Xv, yv = self.val_lazy
+        figures = evaluate(model, Xv, yv)
+        xp = model.xp
+        out = {"val_loss": xp.asarray(figures["loss"], dtype=model.dtype,
+                                      device=model.backend.device)}
+        if "accuracy" in figures:
+            count = round(figures["accuracy"] * Xv.shape[0])
+            out["val_accuracy"] = xp.asarray(count, dtype=model.dtype,
+                                             device=model.backend.device)
+        return out
+
+    def _roll_back(self, params: list[Any], epochs_trained: int, what: str) -> None:
+        model = self.model
+        model.assign_parameters(params)
+        model.epochs_trained = epochs_trained
+        if model.optimizer is not None:
+            model.optimizer.reset()
+        # Already not finite at the starting weights (checked on the first block): the data
+        # overflow the model's dtype; no learning rate is to blame.
+        initial = float(model.evaluate_encoded(*self.blocks.load(0))["loss"])
+        if not math.isfinite(initial):
+            raise NonFiniteLossError(
+                f"{_WHERE}: {what}, but the loss is already {initial} on the first row block "
+                f"at the weights the fit started from: the data overflow in "
+                f"{model.dtype_name}. Scale the targets and inputs, or use dtype='float64'; "
+                "the weights are unchanged.")
+        raise NonFiniteLossError(
+            f"{_WHERE}: {what} (lr={model.optimizer.rate():g}); the weights were rolled back "
+            "to their last values with a finite loss. Try a smaller learning rate (or scale "
+            "the inputs).")
+
+
+def l2_term(model: Any) -> Any:
+    """``(l2 / 2) * sum ||W||^2`` over the weights L2 applies to, as a 0-d device array (0
+    without L2)."""
+    if not model.l2:
+        return 0
+    total = 0
+    for layer in model.layers:
+        for p, decays in zip(layer.params().values(), layer.decay().values()):
+            if decays:
+                w = model.xp.reshape(p, (-1,))
+                total = total + w @ w
+    return (model.l2 / 2) * total
+
+
+class _Rows:
+    """Stands in for the data in the base Trainer, which reads only its row count."""
+
+    def __init__(self, n: int) -> None:
+        self.shape = (n,)
+
+
+def _validation_data(model: Any, validation_data: Any) -> tuple[Any, Any]:
+    """(encoded in-memory data, None) or (None, dask pair)."""
+    if validation_data is None:
+        return None, None
+    Xv, yv = validation_data
+    if isinstance(Xv, da.Array):
+        Xv = as_rows(Xv, _WHERE, "validation_data[0]", model.n_in)
+        return None, (Xv, as_targets(yv, Xv, _WHERE, "validation_data[1]"))
+    Xd, Y = model.encode(Xv, yv, where=_WHERE)
+    labels = None
+    if model.head.classifier:
+        labels = model.head.encode(model.backend, model.dtype, np.asarray(yv), Xd.shape[0])[1]
+    return (Xd, Y, labels), None
+
+
+def fit(model: Any, X: Any, y: Any, *, epochs: int = 1, lr: float | None = None,
+        l2: float | None = None, batch_size: int | None = 32, optimizer: Any = None,
+        schedule: Any = None, shuffle: bool = True, validation_data: Any = None,
+        callbacks: Any = (), early_stopping: Any = None, verbose: bool | None = None,
+        sync_every: int = 1, prefetch: bool = True) -> History:
+    """Train `model` on the row blocks of the dask arrays `X`, `y`, one block in memory at a
+    time; continues from the model's weights and optimizer state, as ``Sequential.fit``.
+
+    Parameters
+    ----------
+    model : nnx.Sequential
+    X : dask.array.Array, shape (n_samples, n_in)
+        Chunked by rows (:func:`nnx.dask.read_npy` reads one from a file); a block should fit
+        in memory twice over (the next one is read while the current one trains).
+    y : dask.array.Array or array, shape (n_samples,) or (n_samples, n_out)
+        Rechunked to the row blocks of `X`.
+    epochs, lr, l2, optimizer, schedule, callbacks, early_stopping, verbose, sync_every
+        As ``Sequential.fit``.
+    batch_size : int or None
+        Rows per update, within a block (a block's last batch may be short). None: full
+        batch, one update per epoch from the gradient of the whole data set.
+    shuffle : bool
+        Visit the blocks in a new order each epoch and each block's rows in a new order, both
+        drawn from ``model.rng``.
+    validation_data : (X_val, y_val), optional
+        In memory, or dask arrays (then evaluated by blocks every epoch).
+    prefetch : bool
+        Read the next block in a background thread while the current one trains.
+
+    Returns
+    -------
+    History
+    """
+    check_model(model, _WHERE)
+    settings = FitSettings(
+        model, epochs=epochs, lr=lr, l2=l2, batch_size=batch_size, optimizer=optimizer,
+        schedule=schedule, shuffle=shuffle, validation_data=validation_data,
+        validation_split=0.0, callbacks=callbacks, early_stopping=early_stopping,
+        verbose=verbose, sync_every=sync_every, where=_WHERE)
+    prefetch = check_bool(prefetch, "prefetch", _WHERE)
+    X = as_rows(X, _WHERE, n_in=model.n_in)
+    y = as_targets(y, X, _WHERE)
+    if X.shape[0] == 0:
+        raise InvalidDataError(f"{_WHERE}: X has no rows.")
+    if any(getattr(layer, "adapted", True) is False for layer in model.layers):
+        raise InvalidParameterError(
+            f"{_WHERE}: the model has a layer that adapts to its data (Standardize) and has "
+            "not been adapted; adapt it first (layer.adapt(sample), or set its mean and "
+            "scale from X.mean(axis=0) and X.std(axis=0) computed with dask).")
+    val, val_lazy = _validation_data(model, validation_data)
+    sync = 1 if settings.callbacks or validation_data is not None else settings.sync_every
+    trainer = StreamTrainer(model, _Blocks(model, X, y), X.shape[0], val, val_lazy,
+                            settings.epochs, settings.batch_size, settings.shuffle,
+                            settings.callbacks, settings.verbose, sync, prefetch)
+    before = (model.parameters(), model.epochs_trained, model.optimizer,
+              None if model.optimizer is None else dict(vars(model.optimizer)),
+              model.history, model.l2)
+    opt = settings.optimizer
+    for name, value in settings.optimizer_changes.items():
+        setattr(opt, name, value)
+    model.optimizer, model.l2, model.stop_training = opt, settings.l2, False
+    model.history = History()
+    try:
+        return trainer.run()
+    except InvalidDataError:
+        # A block that fails its checks mid-run: the model goes back to where it was.
+        params, epochs_trained, optimizer, state, history, l2 = before
+        model.assign_parameters(params)
+        model.epochs_trained, model.optimizer, model.history, model.l2 = (
+            epochs_trained, optimizer, history, l2)
+        if optimizer is not None:
+            vars(optimizer).clear()
+            vars(optimizer).update(state)
+        raise
+    finally:
+        trainer.close()
