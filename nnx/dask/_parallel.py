@@ -1,0 +1,340 @@
+"""Data-parallel ``fit`` on a ``dask.distributed`` cluster.
+
+The data set's row blocks are persisted on the workers and stay where they are: each worker
+trains a replica of the model on the blocks it holds. Every step, the workers' gradients
+combine into the whole data set's as the size-weighted mean ``sum_k n_k g_k / sum_k n_k``
+(an unweighted mean of unequal shards would drift from full-batch training), and every
+replica applies the same update: synchronous full-batch gradient descent, equal to a
+single-process ``fit(batch_size=None)`` up to rounding.
+
+Two ways to combine the gradients:
+
+- ``reduction="collective"``: one long-lived task per worker, the gradients summed by a
+  ``torch.distributed`` all-reduce (``gloo`` on CPUs; ``nccl`` would be the choice between
+  GPUs). Needs torch on the workers.
+- ``reduction="client"``: each step, every worker sends its gradient sum to the client,
+  which combines them, updates its model and sends the new weights back. Needs nothing but
+  dask; costs a round trip through the client per step.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import socket
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+
+from nnx._validation import check_choice, check_real
+from nnx.backends import to_numpy
+from nnx.callbacks import History
+from nnx.dask._predict import as_rows, as_targets, check_model
+from nnx.dask._stream import l2_term
+from nnx.errors import (
+    InvalidDataError,
+    InvalidParameterError,
+    MissingDependencyError,
+    NonFiniteLossError,
+)
+from nnx.training import FitSettings
+
+_WHERE = "nnx.dask.fit_parallel"
+# What each worker keeps between a run's tasks: its replica and encoded shards, by
+# (run id, rank). Removed when the run ends.
+_STATE: dict[tuple[str, int], dict[str, Any]] = {}
+
+
+# -- on the workers ---------------------------------------------------------------------------
+def _prepare(key: tuple[str, int], model: Any, xs: list[Any], ys: list[Any]) -> int:
+    """Copy the model, check and encode the worker's shards; the number of rows."""
+    replica = pickle.loads(pickle.dumps(model))  # the scattered original stays untouched
+    shards = []
+    for i, (Xc, yc) in enumerate(zip(xs, ys)):
+        # Arrays received over the network may be unaligned or read-only views.
+        Xc = np.require(Xc, requirements="CA")
+        yc = np.require(yc, requirements="CA")
+        shards.append(replica.encode(Xc, yc, where=f"{_WHERE} (shard {i} of rank {key[1]})"))
+    _STATE[key] = {"model": replica, "shards": shards}
+    return sum(int(X.shape[0]) for X, _ in shards)
+
+
+def _local_sum(model: Any, shards: list[tuple[Any, Any]]) -> Any:
+    """``[sum_c n_c g_c (flattened) ..., sum_c n_c loss_c]`` as one 1-D device array."""
+    xp = model.xp
+    sums, loss = None, None
+    for Xd, Y in shards:
+        n_c = Xd.shape[0]
+        part_loss, grads = model.gradients(Xd, Y, encoded=True)
+        scaled = [g * n_c for g in grads]
+        sums = scaled if sums is None else [s + g for s, g in zip(sums, scaled)]
+        loss = part_loss * n_c if loss is None else loss + part_loss * n_c
+    return xp.concat([xp.reshape(s, (-1,)) for s in sums] + [xp.reshape(loss, (1,))])
+
+
+def _split(model: Any, total: Any, n: float) -> tuple[list[Any], float]:
+    """The mean gradient (arrays shaped as the trained parameters) and the mean data loss
+    from a summed buffer of :func:`_local_sum`."""
+    xp = model.xp
+    grads, start = [], 0
+    for p in model.trained_parameters():
+        size = math.prod(p.shape)
+        grads.append(xp.reshape(total[start:start + size], p.shape) / n)
+        start += size
+    return grads, float(total[start]) / n
+
+
+def _step(model: Any, total: Any, n: float) -> tuple[float, list[Any]]:
+    """One update from the summed buffer; the objective at the weights before it, and those
+    weights (a free snapshot: updates make new arrays)."""
+    grads, loss = _split(model, total, n)
+    objective = loss + float(l2_term(model))
+    before = model.trained_parameters()
+    if math.isfinite(objective):
+        model.optimizer.epoch = model.epochs_trained
+        model.apply_gradients(grads)
+        model.epochs_trained += 1
+    return objective, before
+
+
+def _collective(key: tuple[str, int], world: int, host: str, port: int, backend: str,
+                epochs: int, n: float, timeout: float) -> Any:
+    """The long-lived task of one worker: `epochs` synchronous steps, the sums all-reduced."""
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:
+        raise MissingDependencyError(f"{_WHERE}: reduction='collective' needs torch on the "
+                                     "workers (pip install 'nnx-arrays[torch]'); or use "
+                                     "reduction='client'.") from None
+    state = _STATE[key]
+    model, shards, rank = state["model"], state["shards"], key[1]
+    dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=timeout))
+    losses: list[float] = []
+    previous = None
+    try:
+        for _ in range(epochs):
+            flat = _local_sum(model, shards)
+            if backend == "gloo":  # CPU tensors: through the host
+                host_flat = np.require(to_numpy(flat), requirements="CA")
+                dist.all_reduce(torch.from_numpy(host_flat))
+                total = model.backend.asarray(host_flat)
+            else:  # device tensors, shared through DLPack
+                tensor = torch.from_dlpack(flat)
+                dist.all_reduce(tensor)
+                total = model.xp.from_dlpack(tensor)
+            objective, before = _step(model, total, n)
+            losses.append(objective)
+            if not math.isfinite(objective):
+                # Every rank saw the same sum: all stop here, back at the weights of the
+                # last finite loss.
+                model.assign_trained_parameters(previous or before)
+                break
+            previous = before
+    finally:
+        dist.destroy_process_group()
+    if rank != 0:
+        return None
+    return [to_numpy(p) for p in model.trained_parameters()], model.optimizer, losses
+
+
+def _client_round(key: tuple[str, int], params: list[Any] | None) -> np.ndarray:
+    """One step of the client reduction on a worker: take the weights, send back the sums."""
+    state = _STATE[key]
+    model = state["model"]
+    if params is not None:
+        model.assign_trained_parameters(
+            [model.backend.asarray(np.require(p, requirements="CA"), dtype=model.dtype)
+             for p in params])
+    return to_numpy(_local_sum(model, state["shards"]))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _forget(run: str) -> None:
+    for key in [k for k in _STATE if k[0] == run]:
+        del _STATE[key]
+
+
+# -- on the client ----------------------------------------------------------------------------
+def shard_placement(client: Any, X: Any) -> dict[str, list[int]]:
+    """Which worker holds which row blocks of the persisted dask array `X` (waiting for them
+    to be computed): ``{address: [block, ...]}``, each block on one worker. Training puts
+    a block's targets next to it."""
+    from distributed import wait
+
+    wait(X)
+    keys = [k for row in X.__dask_keys__() for k in row] if X.ndim == 2 else \
+        list(X.__dask_keys__())
+    held = client.who_has(X)
+    placement: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        workers = sorted(held.get(key, ()))
+        if not workers:
+            raise InvalidDataError(f"{_WHERE}: row block {i} of X is on no worker after "
+                                   "persist; was a worker lost?")
+        placement.setdefault(workers[0], []).append(i)
+    return placement
+
+
+def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, epochs: int = 1,
+                 lr: float | None = None, l2: float | None = None, optimizer: Any = None,
+                 schedule: Any = None, reduction: str = "collective",
+                 collective_backend: str = "gloo", timeout: float = 120.0) -> History:
+    """Full-batch data-parallel training on the workers of `client`, continuing from the
+    model's weights and optimizer state; the trained weights and optimizer come back into
+    `model`.
+
+    Parameters
+    ----------
+    model : nnx.Sequential
+    X : dask.array.Array, shape (n_samples, n_in)
+        Persisted on the cluster if it is not already; each worker trains on the row blocks
+        it holds.
+    y : dask.array.Array or array, shape (n_samples,) or (n_samples, n_out)
+    client : dask.distributed.Client
+    epochs : int
+        Full-batch steps (one update each, as ``Sequential.fit(batch_size=None)``).
+    lr, l2, optimizer, schedule
+        As ``Sequential.fit``.
+    reduction : {'collective', 'client'}
+        How the gradients combine: a torch.distributed all-reduce among the workers, or
+        through the client (nothing but dask needed).
+    collective_backend : str
+        torch.distributed's backend for ``reduction='collective'``: ``'gloo'`` (CPU),
+        ``'nccl'`` between GPUs.
+    timeout : float
+        Seconds the workers wait for one another (joining the group, each all-reduce).
+
+    Returns
+    -------
+    History
+        ``loss``: the objective at the weights before each step.
+    """
+    check_model(model, _WHERE)
+    try:
+        from distributed import Client, futures_of, wait
+    except ImportError:
+        raise MissingDependencyError(f"{_WHERE} needs dask.distributed: pip install "
+                                     "'nnx-arrays[dask]'.") from None
+    if not isinstance(client, Client):
+        raise InvalidParameterError(f"{_WHERE}: client must be a dask.distributed.Client; "
+                                    f"received {type(client).__name__}.")
+    reduction = check_choice(reduction, "reduction", _WHERE, ("collective", "client"))
+    if not isinstance(collective_backend, str) or not collective_backend:
+        raise InvalidParameterError(f"{_WHERE}: collective_backend must be a torch."
+                                    "distributed backend name such as 'gloo' or 'nccl'; "
+                                    f"received collective_backend={collective_backend!r}.")
+    timeout = check_real(timeout, "timeout", _WHERE, low=0, low_open=True)
+    settings = FitSettings(
+        model, epochs=epochs, lr=lr, l2=l2, batch_size=None, optimizer=optimizer,
+        schedule=schedule, shuffle=True, validation_data=None, validation_split=0.0,
+        callbacks=(), early_stopping=None, verbose=False, sync_every=1, where=_WHERE)
+    X = as_rows(X, _WHERE, n_in=model.n_in)
+    y = as_targets(y, X, _WHERE)
+    if X.shape[0] == 0:
+        raise InvalidDataError(f"{_WHERE}: X has no rows.")
+
+    X, y = client.persist([X, y])
+    wait([X, y])
+    placement = shard_placement(client, X)
+    x_futures = {f.key: f for f in futures_of(X)}
+    y_futures = {f.key: f for f in futures_of(y)}
+    x_keys = [k for row in X.__dask_keys__() for k in row]
+    y_keys = list(y.__dask_keys__())
+    y_keys = [k for row in y_keys for k in row] if y.ndim == 2 else y_keys
+    workers = sorted(placement)
+
+    # The model as it will train: the optimizer chosen and set, sent to the workers once.
+    trial = pickle.loads(pickle.dumps(model))
+    opt = settings.optimizer
+    trial.optimizer = pickle.loads(pickle.dumps(opt))
+    for name, value in settings.optimizer_changes.items():
+        setattr(trial.optimizer, name, value)
+    trial.l2 = settings.l2
+    shared = client.scatter(trial, workers=workers, broadcast=True, hash=False)
+    run = uuid.uuid4().hex
+    keys = {w: (run, rank) for rank, w in enumerate(workers)}
+    try:
+        rows = client.gather([
+            client.submit(_prepare, keys[w], shared,
+                          [x_futures[x_keys[i]] for i in placement[w]],
+                          [y_futures[y_keys[i]] for i in placement[w]],
+                          workers=[w], allow_other_workers=False, pure=False)
+            for w in workers])
+        n = float(sum(rows))
+        if reduction == "collective":
+            trained, trained_opt, losses = _run_collective(
+                client, keys, workers, collective_backend, settings.epochs, n, timeout)
+        else:
+            trained, trained_opt, losses = _run_client(client, trial, keys, workers,
+                                                       settings.epochs, n)
+    finally:
+        client.run(_forget, run, workers=workers)
+
+    # Only now does the model change: the weights, the optimizer and its state, the history.
+    model.assign_trained_parameters([model.backend.asarray(np.require(p, requirements="CA"),
+                                                           dtype=model.dtype)
+                                     for p in trained])
+    model.optimizer, model.l2, model.stop_training = trained_opt, settings.l2, False
+    history = History()
+    start = model.epochs_trained
+    finite = [v for v in losses if math.isfinite(v)]
+    for i, value in enumerate(finite):
+        history.append(start + i, {"loss": value})
+    model.epochs_trained = start + len(finite)
+    model.history = history
+    if len(finite) < len(losses):
+        # Back at the weights the last finite loss was computed at (as Sequential.fit).
+        model.epochs_trained = max(start, model.epochs_trained - 1)
+        model.optimizer.reset()
+        raise NonFiniteLossError(
+            f"{_WHERE}: the training loss became {losses[-1]} at epoch "
+            f"{start + len(finite)} (lr={model.optimizer.rate():g}); the weights were rolled "
+            "back to their last values with a finite loss. Try a smaller learning rate (or "
+            "scale the inputs).")
+    return history
+
+
+def _run_collective(client: Any, keys: dict[str, tuple[str, int]], workers: list[str],
+                    backend: str, epochs: int, n: float, timeout: float) -> Any:
+    from distributed.comm import get_address_host
+
+    host = get_address_host(workers[0])
+    port = client.submit(_free_port, workers=[workers[0]], allow_other_workers=False,
+                         pure=False).result()
+    tasks = [client.submit(_collective, keys[w], len(workers), host, port, backend, epochs,
+                           n, timeout, workers=[w], allow_other_workers=False, pure=False)
+             for w in workers]
+    return client.gather(tasks)[0]
+
+
+def _run_client(client: Any, model: Any, keys: dict[str, tuple[str, int]],
+                workers: list[str], epochs: int, n: float) -> Any:
+    """The client's loop: gather the sums, update `model` (a copy), send its weights."""
+    losses: list[float] = []
+    params = previous = None
+    for _ in range(epochs):
+        sent = None if params is None else client.scatter(params, workers=workers,
+                                                          broadcast=True, hash=False)
+        parts = client.gather([client.submit(_client_round, keys[w], sent, workers=[w],
+                                             allow_other_workers=False, pure=False)
+                               for w in workers])
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        objective, before = _step(model, model.backend.asarray(total), n)
+        losses.append(objective)
+        if not math.isfinite(objective):
+            model.assign_trained_parameters(previous or before)
+            break
+        previous = before
+        params = [to_numpy(p) for p in model.trained_parameters()]
+    return [to_numpy(p) for p in model.trained_parameters()], model.optimizer, losses
