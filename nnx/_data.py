@@ -119,3 +119,29 @@ def check_y(backend: Any, dtype: Any, dtype_name: str, head: Any, y: Any, n: int
     if not head.classifier:
         array = to_model(backend, array, dtype, dtype_name, name, where)
     return head.encode(backend, dtype, array, n)
+
+
+def check_weight(backend: Any, dtype: Any, dtype_name: str, weight: Any, n: int, where: str,
+                 name: str = "sample_weight") -> Any:
+    """Sample weights: ``(n_samples,)`` (or ``(n_samples, 1)``) finite numbers >= 0, not all
+    0, as a column ``(n_samples, 1)`` on the model's device in its dtype."""
+    array = host_or_device(backend, weight, name, where)
+    xp = array_api_compat.array_namespace(array)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = xp.reshape(array, (array.shape[0],))
+    if array.ndim != 1:
+        raise InvalidDataError(f"{where}: {name} must have shape (n_samples,), one weight per "
+                               f"row; received shape {tuple(array.shape)}.")
+    if array.shape[0] != n:
+        raise InvalidDataError(f"{where}: X has {n} samples but {name} has {array.shape[0]}; "
+                               "they must have the same length.")
+    check_finite(array, name, where)
+    moved = to_model(backend, array, dtype, dtype_name, name, where)
+    mxp = backend.xp
+    if bool(mxp.any(moved < 0)):
+        raise InvalidDataError(f"{where}: {name} must be >= 0; received a negative weight "
+                               f"(smallest {float(mxp.min(moved)):g}).")
+    if not bool(mxp.any(moved > 0)):
+        raise InvalidDataError(f"{where}: {name} is 0 for every sample; at least one weight "
+                               "must be > 0.")
+    return mxp.reshape(moved, (n, 1))

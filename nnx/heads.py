@@ -42,8 +42,9 @@ class Head:
         """Predictions from the loss's input `out` (logits when fused)."""
         raise NotImplementedError
 
-    def correct(self, xp: Any, out: Any, labels: Any, dtype: Any) -> Any:
-        """How many predictions in the batch are right (a 0-d device array)."""
+    def correct(self, xp: Any, out: Any, labels: Any, dtype: Any, weight: Any = None) -> Any:
+        """How many predictions in the batch are right (a 0-d device array); with `weight`
+        (a column (n, 1)), the sum of the right ones' weights."""
         raise NotImplementedError
 
 
@@ -84,8 +85,9 @@ class MulticlassHead(Head):
     def predict(self, xp, out):
         return xp.astype(xp.argmax(out, axis=1), _index_dtype(xp, None))
 
-    def correct(self, xp, out, labels, dtype):
-        return xp.sum(xp.astype(xp.argmax(out, axis=1) == labels, dtype))
+    def correct(self, xp, out, labels, dtype, weight=None):
+        hits = xp.astype(xp.argmax(out, axis=1) == labels, dtype)
+        return xp.sum(hits) if weight is None else xp.sum(hits * weight[:, 0])
 
 
 class BinaryHead(Head):
@@ -110,9 +112,11 @@ class BinaryHead(Head):
         hits = xp.astype(out >= (0 if self.fused else 0.5), _index_dtype(xp, None))
         return xp.reshape(hits, (-1,)) if self.n_out == 1 else hits
 
-    def correct(self, xp, out, labels, dtype):
-        hits = (out >= (0 if self.fused else 0.5)) == (labels > 0.5)
-        return xp.sum(xp.astype(hits, dtype)) / labels.shape[1]
+    def correct(self, xp, out, labels, dtype, weight=None):
+        hits = xp.astype((out >= (0 if self.fused else 0.5)) == (labels > 0.5), dtype)
+        if weight is not None:
+            hits = hits * weight
+        return xp.sum(hits) / labels.shape[1]
 
 
 class RegressionHead(Head):
@@ -133,7 +137,7 @@ class RegressionHead(Head):
     def predict(self, xp, out):
         return out
 
-    def correct(self, xp, out, labels, dtype):
+    def correct(self, xp, out, labels, dtype, weight=None):
         return None
 
 

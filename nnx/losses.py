@@ -1,11 +1,14 @@
 """Losses with their fused gradients, computed from the output layer's logits where possible.
 
-Each loss is ``fn(xp, out, Y, grad=True, scale=1.0) -> (loss, grad)`` where ``loss`` is a 0-d
-array on the device (no host round trip) and ``grad`` is ``scale * d(loss)/d(out)``. ``out`` is
+Each loss is ``fn(xp, out, Y, grad=True, scale=1.0, weight=None) -> (loss, grad)`` where
+``loss`` is a 0-d array on the device (no host round trip) and ``grad`` is
+``scale * d(loss)/d(out)``. ``out`` is
 the last layer's pre-activation (its logits) for the losses fused with their activation, and its
 activation otherwise. Targets ``Y`` are already encoded as floats of the model's dtype: one-hot
 rows for cross-entropy, 0/1 columns for binary cross-entropy, values for mean squared error.
-The data loss is the mean over samples.
+The data loss is the mean over samples; with ``weight``, a column ``(n_samples, 1)`` of the
+model's dtype, it is ``sum_i weight[i] * loss_i`` (the caller normalises: weights divided by their
+sum give the weighted mean, ``1 / n`` everywhere the plain mean).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from nnx.activations import row_max, row_sum
 from nnx.errors import InvalidParameterError
 
 
-def softmax_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
+def softmax_cross_entropy(xp, logits, Y, grad=True, scale=1.0, weight=None):
     """Cross-entropy of softmax(logits) against one-hot `Y`; gradient ``scale * (p - Y) / n``.
 
     Parameters
@@ -28,6 +31,8 @@ def softmax_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
     scale : float
         Multiplies the gradient (an optimizer may fold its learning rate in here, where it
         costs nothing: the division by n is there anyway).
+    weight : array, shape (n_samples, 1), optional
+        Each row's weight in the loss (see the module's docstring); default ``1 / n``.
     """
     n = logits.shape[0]
     # log-sum-exp with the row maximum taken out: exp never overflows.
@@ -35,13 +40,18 @@ def softmax_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
     e = xp.exp(shifted)
     s = row_sum(xp, e)
     # -log softmax = log(s) - shifted; rows of Y pick the true class.
-    loss = xp.sum(Y * (xp.log(s) - shifted)) / n
+    if weight is None:
+        loss = xp.sum(Y * (xp.log(s) - shifted)) / n
+        if not grad:
+            return loss, None
+        return loss, (e / s - Y) * (scale / n)
+    loss = xp.sum(weight * Y * (xp.log(s) - shifted))
     if not grad:
         return loss, None
-    return loss, (e / s - Y) * (scale / n)
+    return loss, (e / s - Y) * (weight * scale)
 
 
-def binary_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
+def binary_cross_entropy(xp, logits, Y, grad=True, scale=1.0, weight=None):
     """Log-loss of sigmoid(logits) against 0/1 targets `Y`; gradient
     ``scale * (sigmoid - Y) / n``.
 
@@ -53,15 +63,17 @@ def binary_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
     n = logits.shape[0]
     # softplus(z) - y*z written so that exp only ever sees non-positive numbers.
     e = xp.exp(-xp.abs(logits))
-    loss = xp.sum(xp.maximum(logits, 0) - logits * Y + xp.log1p(e)) / n
+    terms = xp.maximum(logits, 0) - logits * Y + xp.log1p(e)
+    loss = xp.sum(terms) / n if weight is None else xp.sum(weight * terms)
     if not grad:
         return loss, None
     p = xp.where(logits >= 0, 1 / (1 + e), e / (1 + e))
-    return loss, (p - Y) * (scale / n)
+    return loss, (p - Y) * (scale / n if weight is None else weight * scale)
 
 
-def mean_squared_error(xp, pred, Y, grad=True, scale=1.0):
+def mean_squared_error(xp, pred, Y, grad=True, scale=1.0, weight=None):
     """Mean over all elements of ``(pred - Y)**2``; gradient ``scale * 2 (pred - Y) / size``.
+    With ``weight``: ``sum_i weight[i] * mean_j (pred - Y)[i, j]**2``.
 
     Parameters
     ----------
@@ -69,6 +81,12 @@ def mean_squared_error(xp, pred, Y, grad=True, scale=1.0):
     Y : array, shape (n_samples, n_outputs)
     """
     diff = pred - Y
+    if weight is not None:
+        k = diff.shape[1]
+        loss = xp.sum(weight * (diff * diff)) / k
+        if not grad:
+            return loss, None
+        return loss, diff * (weight * (2 * scale / k))
     size = diff.shape[0] * diff.shape[1]
     loss = xp.sum(diff * diff) / size
     if not grad:
@@ -90,9 +108,11 @@ class Loss:
         return self.name
 
     def __call__(self, xp: Any, out: Any, Y: Any, grad: bool = True,
-                 scale: float = 1.0) -> tuple[Any, Any]:
+                 scale: float = 1.0, weight: Any = None) -> tuple[Any, Any]:
         """``(loss, scale * d(loss)/d(out))``; see the module's docstring."""
-        return self.fn(xp, out, Y, grad=grad, scale=scale)
+        if weight is None:
+            return self.fn(xp, out, Y, grad=grad, scale=scale)
+        return self.fn(xp, out, Y, grad=grad, scale=scale, weight=weight)
 
 
 LOSSES: dict[str, Loss] = {

@@ -232,11 +232,24 @@ class Sequential:
         return [p for layer in self.layers for p in layer.params().values()]
 
     def assign_parameters(self, params: Sequence[Any]) -> None:
-        """Put back arrays from :meth:`parameters` of this model: the same backend, device,
-        dtype and shapes, unchecked and not copied (use :meth:`set_weights` for anything
-        else)."""
+        """Put back arrays from :meth:`parameters` of this model: the same backend, dtype
+        and shapes (checked, cheaply: no values are read) and not copied (use
+        :meth:`set_weights` for anything else: lists, NumPy, another backend's arrays)."""
         if not isinstance(params, list):
             params = list(params)
+        current = self.parameters()
+        if len(params) != len(current):
+            raise InvalidParameterError(
+                f"Sequential.assign_parameters: params must hold {len(current)} arrays "
+                f"([W0, b0, ...]); received {len(params)}.")
+        for i, (p, q) in enumerate(zip(params, current)):
+            if not self.backend.owns(p) or p.dtype != q.dtype or tuple(p.shape) != tuple(q.shape):
+                raise InvalidParameterError(
+                    f"Sequential.assign_parameters: params[{i}] must be a "
+                    f"{self.backend.name} array of shape {tuple(q.shape)} and dtype "
+                    f"{self.dtype_name}; received {type(p).__name__} of shape "
+                    f"{tuple(getattr(p, 'shape', ()))} and dtype {getattr(p, 'dtype', None)} "
+                    "(set_weights converts and copies).")
         for layer, start, stop in self._slots:
             layer.assign(params[start:stop])
 
@@ -285,6 +298,13 @@ class Sequential:
     def _as_y(self, y: Any, n: int, where: str, name: str = "y") -> tuple[Any, Any]:
         return _data.check_y(self.backend, self.dtype, self.dtype_name, self.head, y, n,
                              self.layers[-1], where, name)
+
+    def _as_weight(self, sample_weight: Any, n: int, where: str,
+                   name: str = "sample_weight") -> Any:
+        if sample_weight is None:
+            return None
+        return _data.check_weight(self.backend, self.dtype, self.dtype_name, sample_weight, n,
+                                  where, name)
 
     @_scoped
     def encode(self, X: Any, y: Any = None, *, where: str = "Sequential.encode"
@@ -360,21 +380,32 @@ class Sequential:
                 total = w @ w if total is None else total + w @ w
         return (self.l2 / 2) * total
 
+    def _data_loss(self, out: Any, Y: Any, grad: bool, scale: float = 1.0,
+                   weight: Any = None) -> tuple[Any, Any]:
+        """The loss function on `out`; `weight` (a column summing to what the mean needs) is
+        passed only when given, so that a user's loss without the argument still works."""
+        if weight is None:
+            return self.loss_function.fn(self.xp, out, Y, grad=grad, scale=scale)
+        return self.loss_function.fn(self.xp, out, Y, grad=grad, scale=scale, weight=weight)
+
     def _objective(self, out: Any, Y: Any, grad: bool, scale: float = 1.0,
-                   l2_term: bool = True) -> tuple[Any, Any]:
-        loss, out_grad = self.loss_function.fn(self.xp, out, Y, grad=grad, scale=scale)
+                   l2_term: bool = True, weight: Any = None) -> tuple[Any, Any]:
+        loss, out_grad = self._data_loss(out, Y, grad, scale, weight)
         if self.l2 and l2_term:
             loss = loss + self._l2_term()
         return loss, out_grad
 
     @_scoped
-    def value_and_grad(self, X: Any, y: Any) -> tuple[float, list[Any]]:
+    def value_and_grad(self, X: Any, y: Any, sample_weight: Any = None
+                       ) -> tuple[float, list[Any]]:
         """The objective (as :meth:`loss`) and its gradient ``[dW0, db0, dW1, ...]`` on the
         device, without changing the weights."""
         where = "Sequential.value_and_grad"
         Xd = self._as_X(X, where)
         Y, _ = self._as_y(y, Xd.shape[0], where)
-        loss, out_grad = self._objective(self._output(Xd, training=True), Y, grad=True)
+        weight = self._normalised(self._as_weight(sample_weight, Xd.shape[0], where))
+        loss, out_grad = self._objective(self._output(Xd, training=True), Y, grad=True,
+                                         weight=weight)
         self._backprop(out_grad)
         grads = []
         for layer in self.layers:
@@ -382,12 +413,18 @@ class Sequential:
                 grads.append(g + self.l2 * layer.params()[name] if self.l2 and decays else g)
         return float(loss), grads
 
+    def _normalised(self, weight: Any) -> Any:
+        """Weights divided by their sum: the loss is then their weighted mean."""
+        return None if weight is None else weight / self.xp.sum(weight)
+
     @_scoped
-    def train_step(self, X: Any, Y: Any) -> tuple[Any, Any]:
+    def train_step(self, X: Any, Y: Any, weight: Any = None) -> tuple[Any, Any]:
         """One gradient step on device arrays ``X`` and encoded targets ``Y`` (from
         :meth:`encode`). Returns ``(loss, output)`` on the device, with no host round trip.
 
-        Each layer's gradients then hold the data gradient times
+        ``weight``, optional, is a column ``(n, 1)`` of the model's dtype: the data loss is
+        ``sum_i weight[i] * loss_i`` (weights that sum to 1 give the weighted mean; None, the
+        plain mean). Each layer's gradients then hold the data gradient times
         ``optimizer.grad_scale()`` (the learning rate for plain SGD, else 1).
         """
         optimizer = self.optimizer
@@ -395,12 +432,100 @@ class Sequential:
             raise InvalidParameterError("Sequential.train_step: the model has no optimizer; "
                                         "set model.optimizer = nnx.SGD(lr=...) or call fit.")
         out = self._output(X, training=True)
-        loss, out_grad = self._objective(out, Y, grad=True, scale=optimizer.grad_scale())
+        loss, out_grad = self._objective(out, Y, grad=True, scale=optimizer.grad_scale(),
+                                         weight=weight)
         self._backprop(out_grad)
         grads = [g for layer in self._trained for g in layer.grads().values()]
         self.assign_trained_parameters(optimizer.step(self.xp, self.trained_parameters(),
                                                       grads, self._decay()))
         return loss, out
+
+    # -- updates outside fit (streaming, data-parallel training) --------------------------------
+    def set_optimizer(self, optimizer: str | Optimizer = "sgd", *, lr: float | None = None,
+                      schedule: Any = None) -> Optimizer:
+        """Make `optimizer` (a name, as ``fit`` takes it, or an nnx Optimizer) the model's,
+        with a fresh state; later ``fit``, :meth:`train_on_batch` and
+        :meth:`apply_gradients` use it. Returns it."""
+        from nnx.optimizers import get_optimizer
+
+        where = "Sequential.set_optimizer"
+        if lr is not None:
+            lr = check_real(lr, "lr", where, low=0, low_open=True)
+        if not isinstance(optimizer, (str, Optimizer)):
+            raise InvalidParameterError(
+                f"{where}: optimizer must be a name ('sgd', 'momentum', 'nesterov', 'adam') or "
+                f"an nnx.Optimizer; received {optimizer!r} ({type(optimizer).__name__}).")
+        opt = get_optimizer(optimizer, lr=lr, schedule=schedule)
+        opt.reset()
+        self.optimizer = opt
+        return opt
+
+    def _encoded(self, X: Any, y: Any, sample_weight: Any, encoded: bool, where: str
+                 ) -> tuple[Any, Any, Any]:
+        if encoded:
+            return X, y, sample_weight
+        Xd = self._as_X(X, where)
+        Y, _ = self._as_y(y, Xd.shape[0], where)
+        return Xd, Y, self._as_weight(sample_weight, Xd.shape[0], where)
+
+    @_scoped
+    def gradients(self, X: Any, y: Any, sample_weight: Any = None, *,
+                  encoded: bool = False) -> tuple[Any, list[Any]]:
+        """The *data* loss (its weighted mean over the rows; no L2 term) as a 0-d device
+        array, and its gradient: a list aligned with :meth:`trained_parameters`. Changes no
+        weights. With ``encoded=True``, `X`, `y` and `sample_weight` are taken as they are:
+        device arrays from :meth:`encode`, and a weight column ``(n, 1)`` or None.
+
+        Shards' gradients combine into the whole data's as their weighted mean
+        ``sum_k n_k g_k / sum_k n_k`` (``n_k``: the shard's rows, or its weights' sum)."""
+        Xd, Y, weight = self._encoded(X, y, sample_weight, encoded, "Sequential.gradients")
+        loss, out_grad = self._data_loss(self._output(Xd, training=True), Y, grad=True,
+                                         weight=self._normalised(weight))
+        self._backprop(out_grad)
+        return loss, [g for layer in self._trained for g in layer.grads().values()]
+
+    def _require_optimizer(self, where: str) -> Optimizer:
+        if self.optimizer is None:
+            raise InvalidParameterError(f"{where}: the model has no optimizer; call "
+                                        "model.set_optimizer('sgd', lr=...) or fit first.")
+        return self.optimizer
+
+    @_scoped
+    def apply_gradients(self, grads: Sequence[Any]) -> None:
+        """One update of the model's optimizer from data gradients aligned with
+        :meth:`trained_parameters` (as :meth:`gradients` gives them); the optimizer adds the
+        L2 term as in a training step. Not an epoch: ``epochs_trained`` and the schedule's
+        epoch stay as they are."""
+        where = "Sequential.apply_gradients"
+        optimizer = self._require_optimizer(where)
+        params = self.trained_parameters()
+        grads = list(grads)
+        if len(grads) != len(params):
+            raise InvalidParameterError(f"{where}: grads must hold {len(params)} arrays, one "
+                                        f"per trained parameter; received {len(grads)}.")
+        for i, (g, p) in enumerate(zip(grads, params)):
+            if not self.backend.owns(g) or tuple(g.shape) != tuple(p.shape) \
+                    or g.dtype != p.dtype:
+                raise InvalidParameterError(
+                    f"{where}: grads[{i}] must be a {self.backend.name} array of shape "
+                    f"{tuple(p.shape)} and dtype {self.dtype_name} on the model's device; "
+                    f"received {type(g).__name__} of shape {tuple(getattr(g, 'shape', ()))} "
+                    f"and dtype {getattr(g, 'dtype', None)}.")
+        scale = optimizer.grad_scale()
+        if scale != 1:
+            grads = [g * scale for g in grads]
+        self.assign_trained_parameters(optimizer.step(self.xp, params, grads, self._decay()))
+
+    @_scoped
+    def train_on_batch(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """One update of the model's optimizer on this batch (its weighted mean loss); not an
+        epoch (``epochs_trained``, the history and the schedule's epoch are unchanged).
+        Returns the batch's objective before the update."""
+        where = "Sequential.train_on_batch"
+        self._require_optimizer(where)
+        Xd, Y, weight = self._encoded(X, y, sample_weight, False, where)
+        loss, _ = self.train_step(Xd, Y, weight=self._normalised(weight))
+        return float(loss)
 
     # -- fit ----------------------------------------------------------------------------------
     @_scoped
@@ -410,7 +535,8 @@ class Sequential:
             shuffle: bool = True, validation_data: tuple[Any, Any] | None = None,
             validation_split: float = 0.0, callbacks: Any = (),
             early_stopping: Any = None, verbose: bool | None = None,
-            sync_every: int = 1, compile: bool = False) -> History:
+            sync_every: int = 1, compile: bool = False,
+            sample_weight: Any = None) -> History:
         """Train by minibatch (or, with ``batch_size=None``, full-batch) gradient descent,
         continuing from the current weights.
 
@@ -434,7 +560,7 @@ class Sequential:
             Learning-rate multiplier per epoch.
         shuffle : bool
             Reshuffle minibatches every epoch (from the model's seeded generator).
-        validation_data : (X_val, y_val), optional
+        validation_data : (X_val, y_val) or (X_val, y_val, sample_weight_val), optional
         validation_split : float
             Hold out this fraction of (X, y), drawn with the model's generator.
         callbacks : iterable of Callback
@@ -451,6 +577,10 @@ class Sequential:
             :mod:`nnx.compiled` under ``jax.jit``, full-batch epochs ``sync_every`` at a time
             in one compiled loop); the same maths, seed and history as the eager loop, and
             the optimizer's state is written back. Backends without one refuse it.
+        sample_weight : array, shape (n_samples,), optional
+            Weights >= 0 per sample: each batch's data loss (and the epoch's figures) is the
+            weighted mean ``sum w_i loss_i / sum w_i``; a weight of 2 counts a row twice,
+            0 leaves it out. A ``validation_split`` splits the weights with the rows.
 
         Returns
         -------
@@ -465,20 +595,27 @@ class Sequential:
             where=where, compile=compile)
         Xd = self._as_X(X, where)
         train = (Xd, *self._as_y(y, Xd.shape[0], where))
+        weight = self._as_weight(sample_weight, Xd.shape[0], where)
         val = None
         if validation_data is not None:
             Xv = self._as_X(validation_data[0], where, "validation_data[0]")
             val = (Xv, *self._as_y(validation_data[1], Xv.shape[0], where,
                                    "validation_data[1]"))
+            if len(validation_data) == 3 and validation_data[2] is not None:
+                val = (*val, self._as_weight(validation_data[2], Xv.shape[0], where,
+                                             "validation_data[2]"))
         elif settings.split:
-            train, val = split_validation(self, train, settings.split, where)
+            train, val, weight = split_validation(self, train, settings.split, where, weight)
+        if settings.compile and (weight is not None or (val is not None and len(val) > 3)):
+            raise InvalidParameterError(f"{where}: compile=True does not take sample weights "
+                                        "yet; drop sample_weight or compile.")
 
         sync_every = 1 if settings.callbacks or val is not None else settings.sync_every
         args = (self, *train, val, settings.epochs, settings.batch_size, settings.shuffle,
                 settings.callbacks, settings.verbose, sync_every)
         # The backend's compiled loop (or its clear refusal), chosen in one place.
         trainer = (self.backend.compiled_trainer(self, settings.optimizer, *args[1:])
-                   if settings.compile else Trainer(*args))
+                   if settings.compile else Trainer(*args, weight=weight))
 
         # Everything is checked: only now does the model change.
         opt = settings.optimizer
@@ -567,63 +704,76 @@ class Sequential:
         return self._batched(Xd, batch_size,
                              lambda part: self.head.predict(self.xp, self._output(part)))
 
-    def _sums(self, Xd: Any, Y: Any, labels: Any, batch_size: int | None) -> tuple[Any, Any]:
-        """Summed data loss and correct count over the data, in batches, on the device."""
+    def _sums(self, Xd: Any, Y: Any, labels: Any, batch_size: int | None,
+              weight: Any = None) -> tuple[Any, Any]:
+        """Summed data loss and correct count (weighted by `weight`, a column, if given) over
+        the data, in batches, on the device."""
         n = Xd.shape[0]
         total, correct = None, None
         for rows in row_slices(n, self._chunk_rows(batch_size)):
             part, Yp = Xd[rows, ...], Y[rows, ...]
+            w = None if weight is None else weight[rows, ...]
             out = self._output(part)
-            loss, _ = self.loss_function.fn(self.xp, out, Yp, grad=False)
-            loss = loss * part.shape[0]
+            if w is None:
+                loss, _ = self._data_loss(out, Yp, grad=False)
+                loss = loss * part.shape[0]
+            else:  # sum_i w_i loss_i: the loss with the raw weights
+                loss, _ = self._data_loss(out, Yp, grad=False, weight=w)
             total = loss if total is None else total + loss
             if labels is not None:
-                hit = self.head.correct(self.xp, out, labels[rows, ...], self.dtype)
+                hit = self.head.correct(self.xp, out, labels[rows, ...], self.dtype, w)
                 correct = hit if correct is None else correct + hit
         return total, correct
 
     def evaluate_encoded(self, Xd: Any, Y: Any, labels: Any,
-                         batch_size: int | None = None) -> dict[str, Any]:
+                         batch_size: int | None = None, weight: Any = None) -> dict[str, Any]:
         """The objective and, for classifiers, the *count* of correct predictions, as 0-d
         device arrays, from encoded data (the count is exact in the model's dtype; the host
-        divides it by n, so that 193 of 200 reads 0.965 and not float32's 0.9649999737)."""
-        n = Xd.shape[0]
-        total, correct = self._sums(Xd, Y, labels, batch_size)
+        divides it by n, so that 193 of 200 reads 0.965 and not float32's 0.9649999737).
+        With `weight` (a column ``(n, 1)``), the loss is the weighted mean and the count the
+        right predictions' summed weight."""
+        n = Xd.shape[0] if weight is None else self.xp.sum(weight)
+        total, correct = self._sums(Xd, Y, labels, batch_size, weight)
         out = {"loss": total / n + (self._l2_term() if self.l2 else 0)}
         if correct is not None:
             out["accuracy"] = correct
         return out
 
     @_scoped
-    def evaluate(self, X: Any, y: Any, batch_size: int | None = None) -> dict[str, float]:
-        """``{'loss': objective, 'accuracy': fraction correct}`` (accuracy for classifiers)."""
+    def evaluate(self, X: Any, y: Any, batch_size: int | None = None,
+                 sample_weight: Any = None) -> dict[str, float]:
+        """``{'loss': objective, 'accuracy': fraction correct}`` (accuracy for classifiers);
+        with `sample_weight`, the weighted mean loss and the weighted fraction correct."""
         where = "Sequential.evaluate"
         batch_size = check_int(batch_size, "batch_size", where, low=1, allow_none=True)
         Xd = self._as_X(X, where)
         Y, labels = self._as_y(y, Xd.shape[0], where)
+        weight = self._as_weight(sample_weight, Xd.shape[0], where)
         # An overflow is reported below, once, in words: not as NumPy's warning per operation.
         with np.errstate(over="ignore", invalid="ignore"):
             figures = {key: float(value) for key, value in
-                       self.evaluate_encoded(Xd, Y, labels, batch_size).items()}
+                       self.evaluate_encoded(Xd, Y, labels, batch_size, weight).items()}
         if "accuracy" in figures:
-            figures["accuracy"] /= Xd.shape[0]
+            figures["accuracy"] /= (Xd.shape[0] if weight is None
+                                    else float(self.xp.sum(weight)))
         if not math.isfinite(figures["loss"]):
             warnings.warn(f"{where}: the loss is {figures['loss']} on these data: the outputs "
                           f"or targets overflow in {self.dtype_name} (scale them, or use "
                           "dtype='float64').", UserWarning, stacklevel=2)
         return figures
 
-    def loss(self, X: Any, y: Any) -> float:
-        """The objective ``fit`` minimises: mean data loss plus ``(l2/2) * sum ||W||^2``."""
-        return self.evaluate(X, y)["loss"]
+    def loss(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """The objective ``fit`` minimises: mean data loss (weighted mean with
+        `sample_weight`) plus ``(l2/2) * sum ||W||^2``."""
+        return self.evaluate(X, y, sample_weight=sample_weight)["loss"]
 
-    def accuracy(self, X: Any, y: Any) -> float:
+    def accuracy(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Fraction of samples classified correctly."""
         if not self.head.classifier:
             raise InvalidDataError("Sequential.accuracy: the model is a regressor (its output "
                                    f"is {self.layers[-1].activation.name}); use loss() "
                                    "instead.")
-        return self.evaluate(X, y)["accuracy"]
+        return self.evaluate(X, y, sample_weight=sample_weight)["accuracy"]
 
     def save(self, path: Any) -> None:
         """Write the model to one ``.npz`` file (see :func:`nnx.saving.save`)."""

@@ -86,18 +86,22 @@ class FitSettings:
             raise InvalidParameterError(f"{where}: give validation_data or validation_split, "
                                         "not both.")
         if validation_data is not None and (not isinstance(validation_data, (tuple, list))
-                                            or len(validation_data) != 2):
-            raise InvalidParameterError(f"{where}: validation_data must be a pair (X_val, "
-                                        f"y_val); received {type(validation_data).__name__}.")
+                                            or len(validation_data) not in (2, 3)):
+            what = (f"{len(validation_data)} items" if isinstance(validation_data, (tuple, list))
+                    else type(validation_data).__name__)
+            raise InvalidParameterError(f"{where}: validation_data must be (X_val, y_val) or "
+                                        f"(X_val, y_val, sample_weight_val); received {what}.")
         self.validation_data = validation_data
         self.optimizer, self.optimizer_changes = make_optimizer(model, optimizer, lr, schedule,
                                                                 where)
         self.callbacks = make_callbacks(callbacks, early_stopping, where)
 
 
-def split_validation(model: Any, data: tuple[Any, Any, Any], split: float,
-                     where: str) -> tuple[tuple[Any, Any, Any], tuple[Any, Any, Any]]:
-    """Hold out `split` of the encoded ``(X, Y, labels)``, drawn with the model's generator."""
+def split_validation(model: Any, data: tuple[Any, Any, Any], split: float, where: str,
+                     weight: Any = None) -> tuple[tuple[Any, ...], tuple[Any, ...], Any]:
+    """Hold out `split` of the encoded ``(X, Y, labels)`` (and of the weights), drawn with the
+    model's generator: ``(train, val, train_weight)``, with the validation weights as a fourth
+    member of ``val`` when there are weights."""
     X, Y, labels = data
     n = X.shape[0]
     n_val = int(round(split * n))
@@ -112,7 +116,10 @@ def split_validation(model: Any, data: tuple[Any, Any, Any], split: float,
         return (xp.take(X, idx, axis=0), xp.take(Y, idx, axis=0),
                 None if labels is None else xp.take(labels, idx, axis=0))
 
-    return take(train_idx), take(val_idx)
+    if weight is None:
+        return take(train_idx), take(val_idx), None
+    return (take(train_idx), (*take(val_idx), xp.take(weight, val_idx, axis=0)),
+            xp.take(weight, train_idx, axis=0))
 
 
 @dataclasses.dataclass
@@ -137,16 +144,24 @@ class Trainer:
 
     def __init__(self, model: Any, X: Any, Y: Any, labels: Any, val: Any, epochs: int,
                  batch_size: int | None, shuffle: bool, callbacks: list[Callback],
-                 verbose: bool | None, sync_every: int) -> None:
+                 verbose: bool | None, sync_every: int, weight: Any = None) -> None:
         self.model, self.X, self.Y, self.labels, self.val = model, X, Y, labels, val
         self.epochs, self.shuffle, self.callbacks = epochs, shuffle, callbacks
         self.sync_every = sync_every
         n = X.shape[0]
         self.batch = n if batch_size is None else min(batch_size, n)
-        # The figures that reach the host as counts, and what to divide them by.
-        self.counted = {"accuracy": n}
+        # Sample weights: a column (n, 1) on the device, or None. Each batch's data loss is
+        # its weighted mean (the batch's weights divided by their sum), and the epoch's loss
+        # the mean of the batches' losses weighted by their weights' sums.
+        self.weight = weight
+        total = float(model.xp.sum(weight)) if weight is not None else n
+        self._full_weight = None if weight is None else weight / total
+        # The figures that reach the host as counts (weighted counts with sample weights),
+        # and what to divide them by.
+        self.counted = {"accuracy": total}
         if val is not None:
-            self.counted["val_accuracy"] = val[0].shape[0]
+            self.counted["val_accuracy"] = (val[0].shape[0] if len(val) < 4 or val[3] is None
+                                            else float(model.xp.sum(val[3])))
         self.verbose = sys.stderr.isatty() if verbose is None else bool(verbose)
 
     def figure_names(self) -> list[str]:
@@ -156,36 +171,62 @@ class Trainer:
             names += ["val_loss"] + (["val_accuracy"] if self.model.head.classifier else [])
         return names
 
-    def _epoch_data(self) -> tuple[Any, Any, Any]:
-        model, n = self.model, self.X.shape[0]
-        if self.batch >= n or not self.shuffle:
-            return self.X, self.Y, self.labels
-        # The order comes from the model's NumPy generator: identical on every backend.
-        order = model.backend.asarray(model.rng.permutation(n))
+    def _batches(self):
+        """The epoch's batches ``(X, Y, labels, weight)``: slices of the data in order, or,
+        shuffled, rows gathered batch by batch (the order comes from the model's NumPy
+        generator: identical on every backend). Gathering per batch touches the same rows as
+        permuting the whole data set first, without copying all of it every epoch."""
+        model, n, step = self.model, self.X.shape[0], self.batch
+        X, Y, labels, weight = self.X, self.Y, self.labels, self.weight
+        if step >= n:
+            yield X, Y, labels, weight
+            return
+        same = labels is Y
+        if not self.shuffle:
+            for rows in row_slices(n, step):
+                yield (X[rows, ...], Y[rows, ...], None if labels is None else labels[rows, ...],
+                       None if weight is None else weight[rows, ...])
+            return
         xp = model.xp
-        X, Y = xp.take(self.X, order, axis=0), xp.take(self.Y, order, axis=0)
-        if self.labels is None or self.labels is self.Y:
-            return X, Y, (Y if self.labels is self.Y else None)
-        return X, Y, xp.take(self.labels, order, axis=0)
+        order = model.backend.asarray(model.rng.permutation(n))
+        for rows in row_slices(n, step):
+            idx = order[rows]
+            Yb = xp.take(Y, idx, axis=0)
+            yield (xp.take(X, idx, axis=0), Yb,
+                   None if labels is None else (Yb if same else xp.take(labels, idx, axis=0)),
+                   None if weight is None else xp.take(weight, idx, axis=0))
 
     def _run_epoch(self) -> dict[str, Any]:
         model, n, step = self.model, self.X.shape[0], self.batch
         head, xp, dtype = model.head, model.xp, model.dtype
-        X, Y, labels = self._epoch_data()
+        weighted = self.weight is not None
         total = correct = None
-        for rows in row_slices(n, step):
-            loss, out = model.train_step(X[rows, ...], Y[rows, ...])
-            if step < n:
-                loss = loss * out.shape[0]
+        for X, Y, labels, weight in self._batches():
+            if not weighted:
+                loss, out = model.train_step(X, Y)
+                if step < n:
+                    loss = loss * out.shape[0]
+            elif step >= n:
+                loss, out = model.train_step(X, Y, weight=self._full_weight)
+            else:
+                mass = xp.sum(weight)
+                # A batch whose weights are all 0 contributes nothing (and divides by 1).
+                loss, out = model.train_step(
+                    X, Y, weight=weight / xp.where(mass > 0, mass, xp.ones_like(mass)))
+                loss = loss * mass
             total = loss if total is None else total + loss
             if labels is not None:
-                hit = head.correct(xp, out, labels[rows, ...], dtype)
+                hit = head.correct(xp, out, labels, dtype, weight)
                 correct = hit if correct is None else correct + hit
-        figures = {"loss": total / n if step < n else total}
+        if step >= n:
+            figures = {"loss": total}
+        else:
+            figures = {"loss": total / (self.counted["accuracy"] if weighted else n)}
         if correct is not None:
             figures["accuracy"] = correct  # a count: _flush divides it on the host
         if self.val is not None:
-            for key, value in model.evaluate_encoded(*self.val).items():
+            for key, value in model.evaluate_encoded(
+                    *self.val[:3], weight=self.val[3] if len(self.val) > 3 else None).items():
                 figures["val_" + key] = value
         return figures
 
@@ -325,7 +366,8 @@ class Trainer:
             model.optimizer.reset()
         # Not finite at the weights the training started from, before any update: no
         # learning rate is to blame, the data are (values that overflow the model's dtype).
-        initial = model.evaluate_encoded(self.X, self.Y, self.labels)["loss"]
+        initial = model.evaluate_encoded(self.X, self.Y, self.labels,
+                                         weight=self.weight)["loss"]
         if not math.isfinite(float(initial)):
             raise NonFiniteLossError(
                 f"Sequential.fit: {what}, but the loss is already {float(initial)} at the "

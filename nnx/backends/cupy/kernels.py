@@ -109,7 +109,7 @@ def relu_backward(xp, a, grad):
     return _kernels().relu_backward(a, grad)
 
 
-def softmax_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
+def softmax_cross_entropy(xp, logits, Y, grad=True, scale=1.0, weight=None):
     """:func:`nnx.losses.softmax_cross_entropy` with the exponentials, the loss and the
     gradient ``scale * (e / s - Y) / n`` each in one kernel.
 
@@ -118,8 +118,8 @@ def softmax_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
     logits : array, shape (n_samples, n_classes)
     Y : array, shape (n_samples, n_classes), one-hot rows
     """
-    if logits.ndim != 2 or not _fusable(logits, Y):
-        return losses.softmax_cross_entropy(xp, logits, Y, grad=grad, scale=scale)
+    if weight is not None or logits.ndim != 2 or not _fusable(logits, Y):
+        return losses.softmax_cross_entropy(xp, logits, Y, grad=grad, scale=scale, weight=weight)
     kernels = _kernels()
     n = logits.shape[0]
     # The row maximum and sum are the generic ones: the same numbers as the generic path.
@@ -132,7 +132,7 @@ def softmax_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
     return loss, kernels.softmax_ce_grad(e, s, Y, _scalar(scale / n, logits))
 
 
-def binary_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
+def binary_cross_entropy(xp, logits, Y, grad=True, scale=1.0, weight=None):
     """:func:`nnx.losses.binary_cross_entropy` with the loss and the gradient
     ``scale * (sigmoid(logits) - Y) / n`` each in one kernel.
 
@@ -141,8 +141,8 @@ def binary_cross_entropy(xp, logits, Y, grad=True, scale=1.0):
     logits : array, shape (n_samples, n_outputs)
     Y : array, shape (n_samples, n_outputs)
     """
-    if logits.ndim != 2 or not _fusable(logits, Y):
-        return losses.binary_cross_entropy(xp, logits, Y, grad=grad, scale=scale)
+    if weight is not None or logits.ndim != 2 or not _fusable(logits, Y):
+        return losses.binary_cross_entropy(xp, logits, Y, grad=grad, scale=scale, weight=weight)
     kernels = _kernels()
     n = logits.shape[0]
     loss = kernels.bce_loss(logits, Y) / n
