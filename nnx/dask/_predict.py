@@ -60,13 +60,11 @@ def as_targets(y: Any, X: da.Array, where: str, name: str = "y") -> da.Array:
         except (TypeError, ValueError) as exc:
             raise InvalidDataError(f"{where}: {name} must be an array; could not convert "
                                    f"{type(y).__name__} ({exc}).") from None
-        if y.ndim == 0:
-            raise InvalidDataError(f"{where}: {name} must have one row per sample; received a "
-                                   "scalar.")
-        y = da.from_array(y, chunks=(X.chunks[0],) + y.shape[1:])
     if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
         raise InvalidDataError(f"{where}: {name} must have shape ({X.shape[0]},) or "
                                f"({X.shape[0]}, n_out) to match X; received shape {y.shape}.")
+    if not isinstance(y, da.Array):
+        y = da.from_array(y, chunks=(X.chunks[0],) + y.shape[1:])
     if y.chunks[0] != X.chunks[0] or (y.ndim == 2 and len(y.chunks[1]) > 1):
         y = y.rechunk((X.chunks[0],) + ((-1,) if y.ndim == 2 else ()))
     return y
