@@ -1,43 +1,5 @@
-"""scikit-learn estimators on nnx: :class:`MLPClassifier` and :class:`MLPRegressor`.
-
-They speak scikit-learn's ``MLPClassifier``/``MLPRegressor`` parameters with their meaning and
-set the same fitted attributes, and they train an :class:`nnx.Sequential` (kept as
-``model_``, by composition) on any nnx backend (``backend=``, ``device=``, ``dtype=``).
-Predictions come back as NumPy arrays.
-
-How scikit-learn's objective maps onto nnx's
----------------------------------------------
-scikit-learn minimises, per minibatch of ``n_b`` rows, ``data_loss + alpha / (2 n_b) *
-sum ||W||^2`` (its gradient is ``(X^T delta + alpha W) / n_b``); nnx minimises
-``mean data loss + (l2 / 2) * sum ||W||^2``. So:
-
-- classifiers (log-loss, the same mean in both): ``l2 = alpha / n_b``; the objective, its
-  gradient and ``loss_`` are scikit-learn's exactly.
-- regressors: scikit-learn's gradient is that of ``sum_ij (pred - y)^2 / (2 n_b) +
-  alpha / (2 n_b) ||W||^2``, which is ``k / 2`` times nnx's ``mse + (l2 / 2) ||W||^2`` (``mse``
-  the mean over all ``n_b * k`` elements, ``k`` outputs) with ``l2 = 2 alpha / (k n_b)``. The
-  step is made scikit-learn's by running SGD with ``lr = learning_rate_init * k / 2`` and Adam
-  with ``eps = epsilon * 2 / k`` (Adam is otherwise invariant to the factor). ``loss_`` is
-  nnx's objective / 2: scikit-learn's ``squared_error / 2 + alpha/(2 n_b) ||W||^2`` exactly for
-  one output; for ``k > 1`` outputs its L2 part is ``1/k`` of scikit-learn's.
-
-``n_b`` is ``batch_size``: nnx keeps one ``l2`` for a whole fit, so the last, smaller batch of
-an epoch (``n % batch_size`` rows, when not zero) is penalised with ``alpha / batch_size``
-instead of ``alpha / n_last``. With ``batch_size >= n_samples`` (full batch, the default for
-fewer than 200 samples) the equivalence is exact.
-
-Other differences from scikit-learn, all deliberate:
-
-- ``solver='lbfgs'`` is refused (nnx has no L-BFGS), and so is ``sample_weight``.
-- Adam: nnx adds ``epsilon`` to the bias-corrected ``sqrt(v_hat)`` (Kingma & Ba's
-  algorithm 1); scikit-learn adds it to the uncorrected ``sqrt(v)``. The same for ``eps``
-  small next to the gradients.
-- The initial weights are scikit-learn's Glorot-uniform draws (from ``random_state``); the
-  minibatch order comes from nnx's generator, seeded from ``random_state``, so the run is
-  reproducible but not scikit-learn's bit for bit.
-- Binary problems use one sigmoid unit (``out_activation_ = 'logistic'``) as scikit-learn
-  does; multilabel targets are not supported.
-"""
+"""What :class:`MLPClassifier` and :class:`MLPRegressor` share: parameters, building the
+:class:`nnx.Sequential`, scikit-learn's epoch bookkeeping and stopping rule, the fit."""
 
 from __future__ import annotations
 
@@ -46,27 +8,20 @@ from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
+from array_api_compat import array_namespace
+from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state, column_or_1d
-from sklearn.utils._param_validation import (
-    Interval,
-    InvalidParameterError,
-    Options,
-    StrOptions,
-)
-from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, InvalidParameterError, Options, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
-from nnx.backends import to_numpy
+from nnx.backends import get_backend, to_numpy
 from nnx.callbacks import Callback
 from nnx.layers import Dense
 from nnx.model import Sequential
 from nnx.optimizers import SGD, Adam, Schedule
-
-__all__ = ["MLPClassifier", "MLPRegressor"]
+from nnx.sklearn import _array_api
 
 _HIDDEN = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 
@@ -88,7 +43,10 @@ class _InvScaling(Schedule):
 
 
 class _SklearnRule(Callback):
-    """scikit-learn's per-epoch bookkeeping and stopping rule (``_fit_stochastic``)."""
+    """scikit-learn's per-epoch bookkeeping and stopping rule (``_fit_stochastic``).
+
+    ``val`` is ``(X_val, y_val, sample_weight_val)``: X on the model's device, y and the
+    weights on the host, where scikit-learn's score function takes them."""
 
     def __init__(self, est: Any, n_samples: int, val: Any, incremental: bool,
                  lr_factor: float) -> None:
@@ -150,7 +108,7 @@ class _SklearnRule(Callback):
                           stacklevel=2)
 
 
-class _BaseMLP(BaseEstimator):
+class BaseMLP(BaseEstimator):
     _parameter_constraints: dict = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
@@ -178,7 +136,7 @@ class _BaseMLP(BaseEstimator):
                              Options(Real, {np.inf})],
         "backend": "no_validation",  # checked by nnx.get_backend at fit
         "device": "no_validation",
-        "dtype": [StrOptions({"float32", "float64"})],
+        "dtype": [StrOptions({"float32", "float64"}), None],
     }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
@@ -187,7 +145,7 @@ class _BaseMLP(BaseEstimator):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, backend=None,
-                 device=None, dtype="float64"):
+                 device=None, dtype=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -214,14 +172,30 @@ class _BaseMLP(BaseEstimator):
         self.device = device
         self.dtype = dtype
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.array_api_support = True
+        return tags
+
+    def __sklearn_array_api_convert__(self, converter):
+        """What ``sklearn.utils._array_api.move_estimator_to`` calls: a copy on another
+        namespace and device (see :func:`nnx.sklearn._array_api.moved_estimator`)."""
+        return _array_api.moved_estimator(self, converter)
+
+    @property
+    def _first_coef(self) -> Any:
+        """``coefs_[0]``: what scikit-learn's ``check_same_namespace`` compares X with."""
+        return self.coefs_[0]
+
     # -- what the subclasses say ------------------------------------------------------------
-    def _validate_input(self, X, y, incremental, reset, classes=None):
+    def _validate_input(self, X, y, sample_weight, incremental, reset, classes=None):
+        """``(X, y for the model, sample_weight or None, X's backend)``."""
         raise NotImplementedError
 
     def _loss_factor(self) -> float:
         return 1.0
 
-    def _score_model(self, model, X, y) -> float:
+    def _score_model(self, model, X, y, sample_weight) -> float:
         raise NotImplementedError
 
     # -- building -------------------------------------------------------------------------
@@ -232,26 +206,48 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         return [int(s) for s in sizes]
 
-    def _build(self, n_features: int, n_outputs: int, rs: np.random.RandomState) -> Sequential:
+    def _model_backend(self, follows: bool, space):
+        """The backend the model trains on: X's (``space``) when everything follows X, else
+        the ``backend``/``device`` parameters (default: nnx's usual choice)."""
+        if follows:
+            return space if self.device is None else get_backend(space.name, self.device)
+        return get_backend(self.backend, self.device)
+
+    def _initial_weights(self, n_features: int, n_outputs: int,
+                         rs: np.random.RandomState) -> list[np.ndarray]:
+        """scikit-learn's Glorot-uniform draws ``[W0, b0, W1, b1, ...]`` from `rs` (its
+        ``_init_coef``, in its order); sets the architecture's fitted attributes."""
         sizes = [n_features, *self._hidden_sizes(), n_outputs]
-        hidden = _HIDDEN[self.activation]
-        layers = [Dense(sizes[i], sizes[i + 1],
-                        hidden if i < len(sizes) - 2 else self._out_nnx_activation())
-                  for i in range(len(sizes) - 1)]
         weights = []
-        factor = 2.0 if self.activation == "logistic" else 6.0  # scikit-learn's _init_coef
+        factor = 2.0 if self.activation == "logistic" else 6.0
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             bound = np.sqrt(factor / (fan_in + fan_out))
             weights.append(rs.uniform(-bound, bound, (fan_in, fan_out)))
             weights.append(rs.uniform(-bound, bound, fan_out))
-        seed = int(rs.randint(np.iinfo(np.int32).max))  # nnx's generator: minibatch order
-        model = Sequential(layers, dtype=self.dtype, seed=seed, backend=self.backend,
-                           device=self.device)
-        model.set_weights(weights)
         self.n_layers_ = len(sizes)
         self.n_outputs_ = n_outputs
         self.out_activation_ = self._out_activation_name()
+        return weights
+
+    def _build(self, weights: list[np.ndarray], seed: int, backend,
+               dtype_name: str) -> Sequential:
+        hidden = _HIDDEN[self.activation]
+        shapes = [w.shape for w in weights[0::2]]
+        layers = [Dense(n_in, n_out, hidden if i < len(shapes) - 1
+                        else self._out_nnx_activation())
+                  for i, (n_in, n_out) in enumerate(shapes)]
+        model = Sequential(layers, dtype=dtype_name, seed=seed, backend=backend)
+        model.set_weights(weights)
         return model
+
+    def _dtype_name(self, X, backend) -> str:
+        """``dtype``, else X's: float32 stays float32, anything else is float64 (as
+        scikit-learn's MLP), or float32 on a device without float64."""
+        if self.dtype is not None:
+            return self.dtype
+        if str(X.dtype).endswith("float32") or not backend.supports_float64:
+            return "float32"
+        return "float64"
 
     def _out_nnx_activation(self) -> str:
         return {"softmax": "softmax", "logistic": "sigmoid"}.get(
@@ -281,7 +277,7 @@ class _BaseMLP(BaseEstimator):
             self.best_validation_score_ = None
 
     # -- fitting --------------------------------------------------------------------------
-    def _fit(self, X, y, incremental=False, classes=None):
+    def _fit(self, X, y, sample_weight=None, incremental=False, classes=None):
         self._validate_params()
         if self.solver == "lbfgs":
             raise InvalidParameterError(
@@ -291,12 +287,15 @@ class _BaseMLP(BaseEstimator):
                 "sklearn.neural_network for L-BFGS.")
         self._hidden_sizes()
         first_pass = not hasattr(self, "model_") or (not self.warm_start and not incremental)
-        X, y_enc = self._validate_input(X, y, incremental, reset=first_pass, classes=classes)
+        if not first_pass and hasattr(self, "coefs_"):
+            _array_api.check_same_space(self, X, "partial_fit" if incremental else "fit")
+        follows = _array_api.follows_input(self, X)  # before X is validated (maybe to NumPy)
+        X, y_fit, sw, space = self._validate_input(X, y, sample_weight, incremental,
+                                                   reset=first_pass, classes=classes)
         rs = check_random_state(self.random_state)
         if first_pass:
-            self.model_ = self._build(X.shape[1], self._n_model_outputs(y_enc), rs)
+            weights = self._initial_weights(X.shape[1], self._n_model_outputs(y_fit), rs)
             self._initialize()
-        model = self.model_
         k = self.n_outputs_
         regression = not is_classifier(self)
         lr_factor = k / 2 if regression else 1.0
@@ -305,17 +304,28 @@ class _BaseMLP(BaseEstimator):
         early_stopping = self.early_stopping and not incremental
         val = None
         if early_stopping:
-            stratify = y_enc if is_classifier(self) else None
-            X, X_val, y_enc, y_val = train_test_split(
-                X, y_enc, random_state=rs, test_size=self.validation_fraction,
+            # scikit-learn's split in _fit_stochastic: drawn from the random state right
+            # after the initial weights, stratified for one output (binary) only, so the
+            # same rows; drawn as host indices so that the rows stay on X's device.
+            stratify = y_fit if is_classifier(self) and k == 1 else None
+            train_idx, val_idx = train_test_split(
+                np.arange(X.shape[0]), random_state=rs, test_size=self.validation_fraction,
                 stratify=stratify)
-            if X_val.shape[0] < 2:
+            if val_idx.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
-            val = (X_val, y_val)
+            take = _array_api.take_rows
+            val = (take(X, val_idx), to_numpy(take(y_fit, val_idx)),
+                   None if sw is None else to_numpy(take(sw, val_idx)))
+            X, y_fit, sw = take(X, train_idx), take(y_fit, train_idx), take(sw, train_idx)
             if self.validation_scores_ is None:  # a warm start after a fit without it
                 self.validation_scores_, self.best_validation_score_ = [], -np.inf
-        elif self.best_loss_ is None:
+        if first_pass:
+            seed = int(rs.randint(np.iinfo(np.int32).max))  # nnx's generator: batch order
+            backend = self._model_backend(follows, space)
+            self.model_ = self._build(weights, seed, backend, self._dtype_name(X, backend))
+        model = self.model_
+        if not early_stopping and self.best_loss_ is None:
             self.best_loss_ = np.inf
         n = X.shape[0]
         if self.batch_size == "auto":
@@ -325,162 +335,54 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
                               "going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n))
-        l2 = self.alpha / batch_size * (2 / k if regression else 1.0)
+        # scikit-learn divides the L2 term of a batch by the batch's weight (its n without
+        # weights); nnx keeps one l2 per fit, so the batch's weight is taken as batch_size
+        # times the mean weight: exact for full batches (see the package's docstring).
+        mean_weight = 1.0 if sw is None else float(array_namespace(sw).sum(sw)) / n
+        l2 = self.alpha / (batch_size * mean_weight) * (2 / k if regression else 1.0)
 
         optimizer = None
         if not incremental or model.optimizer is None:
             optimizer = self._optimizer(lr_factor, eps_factor)
         rule = _SklearnRule(self, n, val, incremental, lr_factor)
         self._best_params = None
-        model.fit(X, y_enc, epochs=1 if incremental else self.max_iter, l2=l2,
+        model.fit(X, y_fit, epochs=1 if incremental else self.max_iter, l2=l2,
                   batch_size=batch_size, optimizer=optimizer, shuffle=bool(self.shuffle),
-                  callbacks=[rule], verbose=False)
+                  callbacks=[rule], verbose=False, sample_weight=sw)
         if early_stopping and self._best_params is not None:
             model.assign_parameters(self._best_params)
         self._best_params = None
-        weights = model.get_weights()
+        weights = _array_api.fitted_arrays(space, model)
         self.coefs_ = weights[0::2]
         self.intercepts_ = weights[1::2]
         return self
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train on ``(X, y)`` for up to ``max_iter`` epochs (from the current weights with
-        ``warm_start=True``)."""
-        return self._fit(X, y, incremental=False)
+        ``warm_start=True``).
 
-    def _forward(self, model, X) -> np.ndarray:
-        return np.asarray(to_numpy(model.predict_proba(X)), dtype=np.float64)
+        Parameters
+        ----------
+        X : array, shape (n_samples, n_features)
+            NumPy or, with array API dispatch (or no ``backend``), any nnx backend's array.
+        y : array, shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array, shape (n_samples,), optional
+            Weights >= 0: each batch's loss is the weighted mean, and the L2 term is divided
+            by the batch's total weight, as in scikit-learn.
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
-    def _check_X(self, X) -> np.ndarray:
+    # -- predicting -----------------------------------------------------------------------
+    def _check_X(self, X, method: str):
+        """``(X, X's backend)`` for a prediction: fitted, the fit's namespace and device (with
+        dispatch), the fit's number of features."""
         check_is_fitted(self)
-        return validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        _array_api.check_same_space(self, X, method)
+        X, _, _, space = _array_api.validate(self, X, reset=False)
+        return X, space
 
-
-class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """Multi-layer perceptron classifier on nnx (scikit-learn's ``MLPClassifier`` API).
-
-    Parameters are scikit-learn's (see :mod:`nnx.sklearn` for how ``alpha`` maps onto nnx's
-    ``l2`` and the few deliberate differences), plus ``backend``, ``device`` and ``dtype`` for
-    the :class:`nnx.Sequential` it trains (``model_``).
-    """
-
-    def _out_activation_name(self) -> str:
-        return "softmax" if len(self.classes_) > 2 else "logistic"
-
-    def _n_model_outputs(self, y_enc) -> int:
-        return len(self.classes_) if len(self.classes_) > 2 else 1
-
-    def _validate_input(self, X, y, incremental, reset, classes=None):
-        X, y = validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32),
-                             reset=reset)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = column_or_1d(y, warn=True)
-        check_classification_targets(y)
-        if type_of_target(y) == "multilabel-indicator" or y.ndim != 1:
-            raise ValueError(f"{type(self).__name__} (nnx) does not support multilabel or "
-                             "multi-output targets; y must be 1-D class labels.")
-        if incremental and not hasattr(self, "classes_"):
-            if classes is None:
-                raise ValueError("classes must be passed on the first call to partial_fit.")
-            self.classes_ = unique_labels(classes)
-        elif not hasattr(self, "classes_") or (not self.warm_start and not incremental):
-            self.classes_ = unique_labels(y)
-        else:
-            present = unique_labels(y)
-            if self.warm_start and not incremental:
-                if set(present) != set(self.classes_):
-                    raise ValueError("warm_start can only be used where `y` has the same "
-                                     f"classes as in the previous call to fit. Previously got "
-                                     f"{self.classes_}, `y` has {present}")
-            elif not np.isin(present, self.classes_).all():
-                raise ValueError("`y` has classes not in `self.classes_`. `self.classes_` has "
-                                 f"{self.classes_}. 'y' has {present}.")
-        y_enc = np.searchsorted(self.classes_, y)
-        return X, y_enc.astype(np.int64)
-
-    def _proba(self, model, X) -> np.ndarray:
-        p = self._forward(model, X)
-        if len(self.classes_) > 2:
-            return p
-        if len(self.classes_) == 1:
-            return np.ones((X.shape[0], 1))
-        return np.hstack([1 - p, p])
-
-    def _score_model(self, model, X, y_enc) -> float:
-        return float(accuracy_score(y_enc, np.argmax(self._proba(model, X), axis=1)))
-
-    def partial_fit(self, X, y, classes=None):
-        """One epoch over ``(X, y)``; ``classes`` (every label) is required on the first
-        call."""
-        if not hasattr(self, "classes_") and classes is None:
-            raise ValueError("classes must be passed on the first call to partial_fit.")
-        return self._fit(X, y, incremental=True, classes=classes)
-
-    def predict_proba(self, X):
-        """Class probabilities, shape ``(n_samples, n_classes)``, columns in ``classes_``
-        order."""
-        X = self._check_X(X)
-        return self._proba(self.model_, X)
-
-    def predict_log_proba(self, X):
-        """``log(predict_proba(X))``."""
-        with np.errstate(divide="ignore"):
-            return np.log(self.predict_proba(X))
-
-    def predict(self, X):
-        """Labels from ``classes_`` (the most probable class)."""
-        proba = self.predict_proba(X)
-        return self.classes_[np.argmax(proba, axis=1)]
-
-
-class MLPRegressor(RegressorMixin, _BaseMLP):
-    """Multi-layer perceptron regressor on nnx (scikit-learn's ``MLPRegressor`` API, squared
-    error only).
-
-    Parameters are scikit-learn's (see :mod:`nnx.sklearn` for how ``alpha`` maps onto nnx's
-    ``l2`` and the few deliberate differences), plus ``backend``, ``device`` and ``dtype`` for
-    the :class:`nnx.Sequential` it trains (``model_``).
-    """
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
-
-    def _out_activation_name(self) -> str:
-        return "identity"
-
-    def _n_model_outputs(self, y) -> int:
-        return 1 if y.ndim == 1 else y.shape[1]
-
-    def _loss_factor(self) -> float:
-        return 0.5  # nnx's mse is the mean of squares; scikit-learn's is half of it
-
-    def _validate_input(self, X, y, incremental, reset, classes=None):
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
-                             dtype=(np.float64, np.float32), reset=reset)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = column_or_1d(y, warn=True)
-        if not reset and (1 if y.ndim == 1 else y.shape[1]) != self.n_outputs_:
-            raise ValueError(f"y has {1 if y.ndim == 1 else y.shape[1]} outputs; the model "
-                             f"was fitted with {self.n_outputs_}.")
-        return X, y
-
-    def _predict_model(self, model, X) -> np.ndarray:
-        out = self._forward(model, X)
-        return out[:, 0] if out.shape[1] == 1 else out
-
-    def _score_model(self, model, X, y) -> float:
-        pred = self._predict_model(model, X)
-        if not np.isfinite(pred).all():
-            return -np.inf
-        return float(r2_score(y, pred))
-
-    def partial_fit(self, X, y):
-        """One epoch over ``(X, y)``."""
-        return self._fit(X, y, incremental=True)
-
-    def predict(self, X):
-        """The outputs, shape ``(n_samples,)`` or ``(n_samples, n_outputs)``."""
-        X = self._check_X(X)
-        return self._predict_model(self.model_, X)
+    def _score(self, X, y, sample_weight=None) -> float:
+        """``_score_function`` (accuracy, R²) of ``predict(X)`` against ``y``, weighted by
+        ``sample_weight``; y and the weights follow the predictions' namespace and device."""
+        pred, y, sample_weight = _array_api.like(self.predict(X), y, sample_weight)
+        return float(self._score_function(y, pred, sample_weight=sample_weight))
