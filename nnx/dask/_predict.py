@@ -70,6 +70,21 @@ def as_targets(y: Any, X: da.Array, where: str, name: str = "y") -> da.Array:
     return y
 
 
+# Bytes of the widest layer's output per forward pass inside a block: with a few threads each
+# holding a block and two or three such arrays, memory stays bounded by the blocks.
+_PASS_BYTES = 16 << 20
+
+
+def pass_rows(model: Any, batch_size: int | None) -> int:
+    """Rows per forward pass inside a block: `batch_size`, or about 16 MiB of the widest
+    layer's output (the model's own default of 2**24 elements is 64 MiB in float32, too much
+    beside a block per thread)."""
+    if batch_size is not None:
+        return batch_size
+    widest = max(max(layer.n_in, layer.n_out) for layer in model.layers)
+    return max(1, _PASS_BYTES // (widest * np.dtype(model.dtype_name).itemsize))
+
+
 def model_in_graph(model: Any) -> Any:
     """The model as one graph key (named, not hashed)."""
     return dask.delayed(model, name=f"nnx-model-{uuid.uuid4().hex}", traverse=False)
@@ -85,7 +100,8 @@ def _predict_block(block: Any, model: Any, proba: bool, batch_size: int | None) 
 
 def _lazy(model: Any, X: Any, proba: bool, batch_size: Any, where: str) -> da.Array:
     check_model(model, where)
-    batch_size = check_int(batch_size, "batch_size", where, low=1, allow_none=True)
+    batch_size = pass_rows(model, check_int(batch_size, "batch_size", where, low=1,
+                                            allow_none=True))
     X = as_rows(X, where, n_in=model.n_in)
     # The output's shape and dtype, from the model itself on one row of zeros.
     probe = _predict_block(np.zeros((1, model.n_in), dtype=model.dtype_name), model, proba,
@@ -111,7 +127,8 @@ def predict(model: Any, X: Any, *, batch_size: int | None = None) -> da.Array:
     X : dask.array.Array, shape (n_samples, n_in)
         Chunked by rows (column blocks are joined first).
     batch_size : int, optional
-        Rows per forward pass inside a block (default: the model's own choice).
+        Rows per forward pass inside a block (default: about 16 MiB of the widest layer's
+        output).
 
     Returns
     -------
@@ -167,7 +184,8 @@ def evaluate(model: Any, X: Any, y: Any, *, batch_size: int | None = None,
     """
     where = "nnx.dask.evaluate"
     check_model(model, where)
-    batch_size = check_int(batch_size, "batch_size", where, low=1, allow_none=True)
+    batch_size = pass_rows(model, check_int(batch_size, "batch_size", where, low=1,
+                                            allow_none=True))
     compute = check_bool(compute, "compute", where)
     X = as_rows(X, where, n_in=model.n_in)
     y = as_targets(y, X, where)
