@@ -16,9 +16,14 @@ Format version 2 names each layer's type; version 1 (nnx 0.1.0: Dense layers onl
 settings without a type) still loads.
 
 Limits, checked before anything is allocated: the metadata member is at most
-:data:`MAX_METADATA_BYTES`; the archive holds exactly the members the architecture lists, and
-each is at most its declared array's size plus a ``.npy`` header; at most :data:`MAX_LAYERS`
-layers.
+:data:`MAX_METADATA_BYTES` (JSON nested too deeply is refused); at most :data:`MAX_LAYERS`
+layers, each size at most 2**31; the archive holds exactly the members the architecture lists,
+each read with a bound of its declared array's size plus a ``.npy`` header, whatever the zip
+directory says; each ``.npy`` header must declare exactly the bytes its member holds (numpy's
+reader would allocate the declared array first). So a load allocates no more than the file
+holds (inflated: about 1000x its size at most, for a compressed member) and its architecture
+declares. Each member is read to its end, so zipfile checks its CRC-32: a damaged file is a
+:class:`~nnx.errors.ModelFileError`, never different weights.
 
 The optimizer state and the training history are not saved: ``fit`` after ``load`` starts a
 fresh optimizer from the loaded weights.
@@ -483,6 +488,30 @@ def _read(path: str) -> tuple[dict[str, Any], str, int, dict[str, np.ndarray]]:
 
 def _parse_npy(data: bytes, member: str, path: str) -> np.ndarray:
     stream = io.BytesIO(data)
+    # numpy's read_array allocates the array its header declares before reading any data:
+    # a few hundred bytes declaring a 1 GiB shape would cost 1 GiB. The header is read first
+    # and must declare exactly the bytes the member holds.
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f".npy format version {version[0]}.{version[1]}, which nnx never "
+                             "writes")
+        shape, _, dtype = read_header(stream)
+    except Exception as exc:  # noqa: BLE001 - a malformed header raises several types
+        raise ModelFileError(path, f"the member {member!r} is not a plain .npy array "
+                                   f"({exc}).") from None
+    if not dtype.hasobject:  # an object array is refused by read_array, unread
+        need, have = math.prod(shape) * dtype.itemsize, len(data) - stream.tell()
+        if have < need:
+            raise ModelFileError(path, f"the member {member!r} declares a {dtype} array of "
+                                       f"shape {shape} ({need} bytes) but holds {have} bytes; "
+                                       "the file is truncated or corrupted.")
+        if have > need:
+            raise ModelFileError(path, f"the member {member!r} has {have - need} bytes after "
+                                       "its array; the file is corrupted.")
+    stream.seek(0)
     try:
         array = np.lib.format.read_array(stream, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - a malformed header raises several types
