@@ -124,6 +124,64 @@ def test_use_backend_rejects_unknown_names():
         nnx.get_backend(3)
 
 
+def _model_backend(_=None):
+    return nnx.Sequential([nnx.Dense(2, 2)]).backend.name
+
+
+def test_use_backend_in_a_thread_pool_needs_carry_context(monkeypatch):
+    """A pool's threads do not see the block (documented); carry_context carries it, to
+    several tasks at once, and what a task sets stays in that task."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nnx.backends import carry_context
+
+    monkeypatch.delenv("NNX_BACKEND", raising=False)
+
+    def sets_its_own(_):
+        with nnx.use_backend("numpy"):
+            inner = _model_backend()
+        return inner, _model_backend()
+
+    with nnx.use_backend("array_api_strict"), ThreadPoolExecutor(max_workers=3) as pool:
+        assert pool.submit(_model_backend).result() == "numpy"  # the problem: NNX_BACKEND
+        assert pool.submit(carry_context(_model_backend)).result() == "array_api_strict"
+        assert list(pool.map(carry_context(_model_backend), range(6))) == \
+            ["array_api_strict"] * 6
+        assert pool.submit(carry_context(sets_its_own), 0).result() == ("numpy",
+                                                                          "array_api_strict")
+        wrapped = carry_context(_model_backend)
+    assert _model_backend() == "numpy"
+    # the context is the one captured when wrapped, not the one in force when it runs
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(wrapped).result() == "array_api_strict"
+    assert wrapped.__name__ == "_model_backend"
+
+
+def test_use_backend_inside_a_generator_holds_for_its_caller_between_yields(monkeypatch):
+    """Documented: a generator shares its caller's context, so a block around its yields is
+    in force in the caller until the generator ends; a block around the loop is the fix."""
+    monkeypatch.delenv("NNX_BACKEND", raising=False)
+
+    def batches():
+        with nnx.use_backend("array_api_strict"):
+            yield 1
+            yield 2
+
+    seen = []
+    for _ in batches():
+        seen.append(_model_backend())  # the caller's own code, between the yields
+    assert seen == ["array_api_strict", "array_api_strict"]
+    assert _model_backend() == "numpy"  # reset when the generator finished
+
+    def plain():
+        yield 1
+        yield 2
+
+    with nnx.use_backend("array_api_strict"):
+        assert [_model_backend() for _ in plain()] == ["array_api_strict"] * 2
+    assert _model_backend() == "numpy"
+
+
 def test_backend_info_reports_versions_and_device():
     info = nnx.backend_info("array_api_strict")
     assert info["backend"] == "array_api_strict"

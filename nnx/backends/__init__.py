@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import importlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -212,10 +214,20 @@ def get_backend(backend: str | Backend | None = None, device: Any = None) -> Bac
 def use_backend(backend: str | Backend, device: Any = None):
     """Use `backend` for models and data made inside the ``with`` block.
 
-    The choice lives in a :mod:`contextvars` variable: it holds in the thread (and asyncio
-    task) that entered the block, not in threads started elsewhere; run pool tasks through
-    ``contextvars.copy_context().run`` to carry it. A generator that enters the block keeps
-    it in force for its caller between its ``yield``\\ s: enter it around the loop instead.
+    The choice lives in a :mod:`contextvars` variable, so it holds where that variable is
+    seen:
+
+    * In the thread that entered the block, and in the asyncio tasks created inside it
+      (each task starts from a copy of the context it was created in).
+    * **Not** in a thread pool's tasks: a ``ThreadPoolExecutor`` (or a ``threading.Thread``)
+      runs them in its own threads' contexts, where the choice falls back to ``NNX_BACKEND``
+      (or numpy). Wrap the function with :func:`carry_context` where you submit it --
+      ``pool.submit(carry_context(fn), x)``, ``pool.map(carry_context(fn), items)`` -- or pass
+      ``backend=`` to the models the tasks make.
+    * A generator shares its caller's context: one that enters the block and yields inside
+      it leaves the choice in force *for its caller* between its ``yield``\\ s (and resets it
+      only when it is resumed to the end or closed). Enter the block around the loop that
+      consumes the generator instead.
 
     >>> with nnx.use_backend("torch"):
     ...     model = nnx.Sequential([nnx.Dense(2, 3, activation="tanh"), nnx.Dense(3, 2)])
@@ -226,6 +238,26 @@ def use_backend(backend: str | Backend, device: Any = None):
         yield resolved
     finally:
         _override.reset(token)
+
+
+def carry_context(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, to run in a copy of the caller's context: the :func:`use_backend` in force here
+    (and every other :mod:`contextvars` variable) holds where it runs, in another thread too.
+
+    The context is captured when `carry_context` is called, and each call runs in a fresh
+    copy of it, so the wrapped function may run in several threads at once
+    (``ThreadPoolExecutor.map``); what one call sets is not seen by the others, nor here.
+
+    >>> with nnx.use_backend("torch"), ThreadPoolExecutor() as pool:
+    ...     models = list(pool.map(carry_context(make_model), range(4)))   # on torch
+    """
+    context = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return context.copy().run(fn, *args, **kwargs)
+
+    return run
 
 
 def backend_info(backend: str | Backend | None = None) -> dict[str, Any]:
@@ -252,5 +284,6 @@ def backend_info(backend: str | Backend | None = None) -> dict[str, Any]:
 
 
 __all__ = ["BACKENDS", "CHOICES", "ENV_VAR", "REGISTRY", "Backend", "BackendError",
-           "BackendSpec", "array_backend", "backend_classes", "backend_info", "get_backend",
-           "normalise_name", "selected_targets", "test_targets", "to_numpy", "use_backend"]
+           "BackendSpec", "array_backend", "backend_classes", "backend_info", "carry_context",
+           "get_backend", "normalise_name", "selected_targets", "test_targets", "to_numpy",
+           "use_backend"]
