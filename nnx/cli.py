@@ -412,7 +412,9 @@ def train(args: Any) -> int:
     layers.append(Dense(sizes[-1], 1, "identity") if regression
                   else Dense(sizes[-1], n_classes, "softmax"))
     model = Sequential(layers, l2=args.l2, dtype=args.dtype, seed=args.seed, backend=backend)
-    model.classes, model.feature_names = classes, features
+    # The model learns on the codes 0 .. K-1; it is given the classes they stand for when it
+    # is saved (so that its predict, and nnx predict, give the labels).
+    model.feature_names = features
     batch = "full batch" if args.batch_size is None else f"batch size {args.batch_size}"
     parts = [f"{len(y_train)} training"]
     if val is not None:
@@ -456,6 +458,7 @@ def train(args: Any) -> int:
         print(_figures("test", _evaluate(model, *test), len(test[1])))
     for warning in _warnings(history, y_train, X_train, trained, scale):
         print(f"warning: {warning}", file=sys.stderr)
+    model.classes = classes
     if args.out is not None:
         model.save(args.out)
         print(f"saved model to {_saved_path(args.out)}")
@@ -490,11 +493,24 @@ def _save_plot(path: str, model: Any, X: np.ndarray, y: np.ndarray, history: Any
 def _add_predict(sub: Any) -> None:
     p = sub.add_parser(
         "predict", help="apply a saved model to a CSV file",
-        description="Predict the class (and the class probabilities) of every row of a CSV "
-                    "file with a model saved by 'nnx train --out' or model.save().")
-    p.add_argument("model", metavar="MODEL.npz")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Predict the class (and the class probabilities), or the value, of every\n"
+                    "row of a CSV file with a model saved by 'nnx train --out' or model.save().",
+        epilog="output (CSV with a header row, one row per input row, in the input's order):\n"
+               "  classifier   prediction: the class, as the training labels name it (text,\n"
+               "               1-based numbers, ...); then probability_<class> for each class\n"
+               "               (a one-unit sigmoid model: probability_<second class> only)\n"
+               "  regression   prediction (output_0, output_1, ... for several outputs)\n"
+               "With --target, the accuracy (or the mean squared error and R²) on that column\n"
+               "goes to stderr (to stdout with --out).")
+    p.add_argument("model", metavar="MODEL.npz",
+                   help="a model file written by 'nnx train --out MODEL.npz' or "
+                        "model.save(); it records the feature names, any scaling and the "
+                        "classes")
     p.add_argument("data", metavar="DATA.csv",
-                   help="numeric CSV file with a header row, one column per feature")
+                   help="CSV file with a header row; the columns the model was trained on "
+                        "are found by name, in any order (other columns are refused, except "
+                        "--target)")
     p.add_argument("--target", metavar="COLUMN",
                    help="a label column in the CSV: left out of the features and used to "
                         "report the accuracy")
@@ -551,7 +567,6 @@ def predict(args: Any) -> int:
             header = ["prediction", f"probability_{classes[1]}"]
         else:
             header = ["prediction"] + [f"probability_{c}" for c in classes]
-        outputs = np.asarray(classes, dtype=object)[outputs]
         rows = [[str(label)] + [f"{p:.6g}" for p in ps] for label, ps in zip(outputs, proba)]
     else:
         values = np.asarray(outputs, np.float64)

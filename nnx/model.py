@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nnx import _data
+from nnx import _data, _frames
 from nnx._validation import check_int, check_real
 from nnx.backends import Backend, get_backend, to_numpy
 from nnx.callbacks import History
@@ -292,12 +292,52 @@ class Sequential:
 
     # -- the data edge ------------------------------------------------------------------------
     def _as_X(self, X: Any, where: str, name: str = "X") -> Any:
+        if _frames.is_frame(X):  # columns found by name once the model knows the names
+            X, _ = _frames.columns_in_order(X, self.feature_names, where, name)
         return _data.check_X(self.backend, self.dtype, self.dtype_name, X, self.n_in,
                              self.layers[0], where, name)
 
-    def _as_y(self, y: Any, n: int, where: str, name: str = "y") -> tuple[Any, Any]:
+    def _as_y(self, y: Any, n: int, where: str, name: str = "y",
+              classes: Any = "model") -> tuple[Any, Any]:
+        y = self._codes(y, self.classes if classes == "model" else classes, where, name)
         return _data.check_y(self.backend, self.dtype, self.dtype_name, self.head, y, n,
                              self.layers[-1], where, name)
+
+    @property
+    def _n_classes(self) -> int:
+        """How many classes the output stands for (0: not single-label classification)."""
+        if self.head.name == "multiclass":
+            return self.n_out
+        return 2 if self.head.name == "binary" and self.n_out == 1 else 0
+
+    def _codes(self, y: Any, classes: list[Any] | None, where: str, name: str) -> Any:
+        """Labels as the output's positions 0 .. K-1, through `classes` when the model has
+        them (any labels: text, 1-based integers, bools); otherwise `y` as it is."""
+        if classes is None or not self._n_classes:
+            return y
+        if _frames.are_positions(classes):
+            return y
+        array = _frames.label_array(y)
+        return y if array is None else _frames.encode_labels(array, classes, where, name)
+
+    def _new_classes(self, y: Any, where: str) -> list[Any] | None:
+        """The classes a first fit learns from labels other than 0 .. K-1 (None: none)."""
+        if self.classes is not None or not self._n_classes:
+            return None
+        array = _frames.label_array(y)
+        return None if array is None else _frames.learn_classes(array, self._n_classes,
+                                                                where, "y")
+
+    def _labels_of(self, codes: Any) -> Any:
+        """Predicted positions as the model's classes: on the device for integer classes,
+        as a NumPy array for any other kind (text cannot live on a device)."""
+        classes = self.classes
+        if classes is None or not self._n_classes or _frames.are_positions(classes):
+            return codes
+        if all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+            table = self.backend.asarray(np.asarray(classes, dtype=np.int64))
+            return self.xp.take(table, codes, axis=0)
+        return np.asarray(classes)[np.asarray(to_numpy(codes))]
 
     def _as_weight(self, sample_weight: Any, n: int, where: str,
                    name: str = "sample_weight") -> Any:
@@ -593,14 +633,18 @@ class Sequential:
             validation_split=validation_split, callbacks=callbacks,
             early_stopping=early_stopping, verbose=verbose, sync_every=sync_every,
             where=where, compile=compile)
+        names = (_frames.frame_columns(X) if self.feature_names is None
+                 and _frames.is_frame(X) else None)
         Xd = self._as_X(X, where)
-        train = (Xd, *self._as_y(y, Xd.shape[0], where))
+        classes = self._new_classes(y, where)
+        known = classes if classes is not None else self.classes
+        train = (Xd, *self._as_y(y, Xd.shape[0], where, classes=known))
         weight = self._as_weight(sample_weight, Xd.shape[0], where)
         val = None
         if validation_data is not None:
             Xv = self._as_X(validation_data[0], where, "validation_data[0]")
             val = (Xv, *self._as_y(validation_data[1], Xv.shape[0], where,
-                                   "validation_data[1]"))
+                                   "validation_data[1]", classes=known))
             if len(validation_data) == 3 and validation_data[2] is not None:
                 val = (*val, self._as_weight(validation_data[2], Xv.shape[0], where,
                                              "validation_data[2]"))
@@ -622,6 +666,10 @@ class Sequential:
         for name, value in settings.optimizer_changes.items():
             setattr(opt, name, value)
         self.optimizer, self.l2, self.stop_training = opt, settings.l2, False
+        if classes is not None:
+            self.classes = classes
+        if names is not None:
+            self.feature_names = names
         self._adapt(train[0])
         self.history = History()
         with translate_memory_errors("Sequential.fit", lambda: self._memory_shapes(
@@ -695,14 +743,17 @@ class Sequential:
 
     @_scoped
     def predict(self, X: Any, batch_size: int | None = None) -> Any:
-        """Class labels (int64, shape ``(n_samples,)``; ``(n_samples, n_out)`` for a sigmoid
-        output of several units) for classifiers, the outputs for regression; on the device.
-        Writes nothing to the model (safe beside a ``fit`` in another thread)."""
+        """Class labels for classifiers, shape ``(n_samples,)`` (``(n_samples, n_out)`` of
+        0/1 for a sigmoid output of several units): the model's ``classes`` when it has them
+        (learnt at the first fit from labels other than 0 .. K-1, e.g. text or 1-based
+        integers; a NumPy array unless they are integers), else int64 positions on the
+        device. The outputs for regression, on the device. Writes nothing to the model (safe
+        beside a ``fit`` in another thread)."""
         where = "Sequential.predict"
         batch_size = check_int(batch_size, "batch_size", where, low=1, allow_none=True)
         Xd = self._as_X(X, where)
-        return self._batched(Xd, batch_size,
-                             lambda part: self.head.predict(self.xp, self._output(part)))
+        return self._labels_of(self._batched(
+            Xd, batch_size, lambda part: self.head.predict(self.xp, self._output(part))))
 
     def _sums(self, Xd: Any, Y: Any, labels: Any, batch_size: int | None,
               weight: Any = None) -> tuple[Any, Any]:
