@@ -367,3 +367,22 @@ def test_fit_parallel_refuses_bad_arguments(client):
     with pytest.raises(InvalidParameterError, match="collective_backend"):
         nd.fit_parallel(model, Xd, yd, client=client, collective_backend="")
     assert model.optimizer is None and model.epochs_trained == 0
+
+
+# -- scikit-learn's partial_fit under dask-ml -------------------------------------------------
+def test_dask_ml_incremental_trains_as_partial_fit_block_by_block():
+    pytest.importorskip("sklearn")
+    wrappers = pytest.importorskip("dask_ml.wrappers")
+    from nnx.sklearn import MLPClassifier
+
+    X, y = moons(300)
+    Xd, yd = da.from_array(X, chunks=(100, 2)), da.from_array(y, chunks=100)
+    incremental = wrappers.Incremental(MLPClassifier((8,), random_state=0, dtype="float64"),
+                                       shuffle_blocks=False)
+    incremental.fit(Xd, yd, classes=[0, 1])
+    expected = MLPClassifier((8,), random_state=0, dtype="float64")
+    for start in (0, 100, 200):
+        expected.partial_fit(X[start:start + 100], y[start:start + 100], classes=[0, 1])
+    got = incremental.estimator_.model_.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected.model_.get_weights()))
+    np.testing.assert_array_equal(incremental.predict(Xd).compute(), expected.predict(X))
