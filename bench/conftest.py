@@ -13,6 +13,8 @@ them. Targets that cannot run here (CuPy without a CUDA device) are skipped with
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from benchlib import NOT_TIMED, BenchBackend, limit_threads, resolve_backend, selected_backend_ids
 
@@ -43,6 +45,10 @@ def pytest_configure(config: pytest.Config) -> None:
     threads = config.getoption("bench_threads", None)
     if threads is not None:
         limit_threads(threads)
+    elif os.environ.get("NNX_TESTS_SET_THREADS") and bench_mode(config) != "smoke":
+        # tests/conftest.py put torch on one thread for this session (tests/ and bench/ in one
+        # run); timed figures get the library's default pool back.
+        limit_threads(os.cpu_count() or 1)
 
 
 def bench_mode(config: pytest.Config) -> str:

@@ -10,11 +10,22 @@ backend runs, read exactly as nnx reads it; a value that selects no backend fail
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-from helpers import resolve
+import os
 
-from nnx.backends import selected_targets
+# The tests' arrays are tiny, and on a shared 2-core machine a parallel region waits for a
+# descheduled worker: the 3000-epoch moons fit took 16 s on torch's default pool and 0.6 s on
+# one thread, computing the same numbers. Set before torch is imported (listing the test
+# targets below imports it), so that torch, and every command the tests start, reads it.
+# bench/conftest.py refuses to time benchmarks in a session that set it.
+if "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["NNX_TESTS_SET_THREADS"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from helpers import resolve  # noqa: E402
+
+from nnx.backends import selected_targets  # noqa: E402
 
 
 def _selected():
@@ -60,8 +71,6 @@ def rng():
 def pytest_sessionfinish(session, exitstatus):
     """A run whose backend tests all skipped proves nothing: with NNX_BACKEND naming a
     backend, fail unless some test ran on it."""
-    import os
-
     if exitstatus != 0 or not os.environ.get("NNX_BACKEND", "").strip():
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
