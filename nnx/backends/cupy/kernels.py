@@ -55,7 +55,10 @@ def _kernels() -> Any:
         return cupy.ElementwiseKernel(params, out, body, name, options=_NVRTC_OPTIONS)
 
     def total(params: str, body: str, name: str) -> Any:
-        # A sum over every element, in T, as xp.sum does.
+        # A sum, in T, as xp.sum does. Called with axis=1 (one sum per row, rows spread over
+        # the GPU's blocks), then summed by xp.sum: with axis=None CuPy's own reduction of a
+        # multi-input kernel runs on a single block of 512 threads (cupy/_core/_reduction.pyx;
+        # CUB serves one-input, one-output reductions only, such as the xp.sum after it).
         return cupy.ReductionKernel(params, "T total", body, "a + b", "total = a", "0", name,
                                     options=_NVRTC_OPTIONS)
 
@@ -126,7 +129,7 @@ def softmax_cross_entropy(xp, logits, Y, grad=True, scale=1.0, weight=None):
     zmax = row_max(xp, logits)
     e = kernels.exp_shifted(logits, zmax)
     s = row_sum(xp, e)
-    loss = kernels.softmax_ce_loss(Y, logits, zmax, s) / n
+    loss = xp.sum(kernels.softmax_ce_loss(Y, logits, zmax, s, axis=1)) / n
     if not grad:
         return loss, None
     return loss, kernels.softmax_ce_grad(e, s, Y, _scalar(scale / n, logits))
@@ -145,7 +148,7 @@ def binary_cross_entropy(xp, logits, Y, grad=True, scale=1.0, weight=None):
         return losses.binary_cross_entropy(xp, logits, Y, grad=grad, scale=scale, weight=weight)
     kernels = _kernels()
     n = logits.shape[0]
-    loss = kernels.bce_loss(logits, Y) / n
+    loss = xp.sum(kernels.bce_loss(logits, Y, axis=1)) / n
     if not grad:
         return loss, None
     return loss, kernels.bce_grad(logits, Y, _scalar(scale / n, logits))
