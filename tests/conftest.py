@@ -14,9 +14,9 @@ import os
 
 # The tests' arrays are tiny, and on a shared 2-core machine a parallel region waits for a
 # descheduled worker: the 3000-epoch moons fit took 16 s on torch's default pool and 0.6 s on
-# one thread, computing the same numbers. Set before torch is imported (listing the test
-# targets below imports it), so that torch, and every command the tests start, reads it.
-# bench/conftest.py refuses to time benchmarks in a session that set it.
+# one thread (the same 0.965 accuracy). Set before torch is imported (listing the test targets
+# below imports it), so that torch, and every command the tests start, reads it. A session
+# that also times benchmarks gives them the default pool back (bench/conftest.py).
 if "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["NNX_TESTS_SET_THREADS"] = "1"
