@@ -27,6 +27,13 @@ class History:
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
 
+    def extend(self, epochs: list[int], keys: list[str], rows: list[list[float]]) -> None:
+        """Append many epochs at once: ``rows[i]`` holds epoch ``epochs[i]``'s figures in the
+        order of `keys` (the same as one :meth:`append` per epoch)."""
+        self.epochs.extend(epochs)
+        for j, key in enumerate(keys):
+            self.history.setdefault(key, []).extend([float(row[j]) for row in rows])
+
     def __getitem__(self, key: str) -> list[float]:
         return self.history[key]
 
