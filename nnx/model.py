@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -155,6 +156,7 @@ class Sequential:
                             for i in range(len(layers))]
         # The backend's fast path for the loss (fused kernels on CuPy), if it has one.
         self.loss_function: Loss = self.backend.fast_loss(loss_obj)
+        self._matmul = self.backend.matmul_function()
         self.head = head_for(output, layers[-1].n_out, loss_obj.fused_activation is not None)
         if not self.head.classifier and loss_obj.classification:
             raise InvalidParameterError(f"Sequential: loss={loss_obj.name!r} is for "
@@ -412,12 +414,17 @@ class Sequential:
     def _l2_term(self) -> Any:
         """``(l2 / 2) * sum ||W||^2`` as a 0-d device array."""
         xp = self.xp
+        mm = self._matmul
         total = None
         for p, decays in zip(self.parameters(), self._decays):
             if decays:
-                # A dot product of the flattened weights: one BLAS call, not a product and a sum.
-                w = xp.reshape(p, (-1,))
-                total = w @ w if total is None else total + w @ w
+                # A dot product of the flattened weights: one BLAS call, not a product and a sum
+                if mm is operator.matmul:
+                    w = xp.reshape(p, (-1,))
+                    ww = w @ w
+                else:  # the backend's own product (CuPy's avoids cuBLAS in a graph capture)
+                    ww = xp.reshape(mm(xp.reshape(p, (1, -1)), xp.reshape(p, (-1, 1))), ())
+                total = ww if total is None else total + ww
         return (self.l2 / 2) * total
 
     def _data_loss(self, out: Any, Y: Any, grad: bool, scale: float = 1.0,

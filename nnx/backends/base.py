@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import operator
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -168,6 +169,11 @@ class Backend:
     def fast_loss(self, loss: Any) -> Any:
         """The loss to use on this backend (fused kernels, or `loss` itself)."""
         return loss
+
+    def matmul_function(self) -> Any:
+        """The matrix product the layers use: ``a @ b`` (CuPy's leaves cuBLAS while a training
+        step is captured as a CUDA graph, where cuBLAS cannot be called)."""
+        return operator.matmul
 
     # -- a compiled training step ---------------------------------------------------------
     def compiled_trainer(self, model: Any, optimizer: Any, *args: Any) -> Any:

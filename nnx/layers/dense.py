@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ class Dense(Layer):
         self.db: Any = None
         self._x: Any = None
         self._a: Any = None
+        self._matmul: Any = operator.matmul  # the backend's, once built
 
     def __repr__(self) -> str:
         return f"Dense({self.n_in} -> {self.n_out}, activation={self.activation.name})"
@@ -99,6 +101,7 @@ class Dense(Layer):
         self.backend, self.dtype = backend, dtype_obj
         # The backend's fast path for this activation (a fused kernel on CuPy), if it has one.
         self.activation = backend.fast_activation(self.activation)
+        self._matmul = backend.matmul_function()
         self._W, self._b = W_device, b_device
         return self
 
@@ -170,7 +173,7 @@ class Dense(Layer):
                                    f"{self.n_in}); received shape {tuple(x.shape)}.")
         if training:
             self._x = x
-        z = x @ self._W
+        z = self._matmul(x, self._W)
         # In place: the product is a fresh array, so adding the bias into it is safe, and it
         # saves allocating (and page-faulting) a second (n_samples, n_out) array each call.
         z += self._b
@@ -211,6 +214,6 @@ class Dense(Layer):
         xp = self.backend.xp
         if through_activation:
             grad = self.activation.backward(xp, self._a, grad)
-        self.dW = self._x.T @ grad
+        self.dW = self._matmul(self._x.T, grad)
         self.db = xp.sum(grad, axis=0)
-        return grad @ self._W.T if input_grad else None
+        return self._matmul(grad, self._W.T) if input_grad else None

@@ -73,6 +73,11 @@ class CupyBackend(Backend):
                     return True
         return False
 
+    def matmul_function(self) -> Any:
+        from nnx.backends.cupy.kernels import matmul
+
+        return matmul
+
     def fast_activation(self, activation: Any) -> Any:
         from nnx.backends.cupy.kernels import fast_activation
 

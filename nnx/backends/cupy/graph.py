@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from nnx.backends.cupy.kernels import capturing as no_cublas
 from nnx.memory import device_memory_error, is_device_memory_error
 
 
@@ -226,7 +227,7 @@ class CapturedStep:
             stream = _capture_stream(cupy.cuda.Device().id)
             with stream:
                 # Warm-up: the same step, eagerly, on scratch copies, so that kernels are
-                # compiled and cuBLAS has its workspace for this stream before the capture;
+                # compiled before the capture;
                 # holding its blocks, then freeing them, leaves the pool's cache for this
                 # stream with enough blocks that the capture needs no cudaMalloc.
                 warm = _HoldingAllocator(base)
@@ -236,7 +237,9 @@ class CapturedStep:
                     model.assign_parameters(scratch)
                     if self._velocity:
                         opt.velocity = scratch_velocity
-                    self._record(scratch, scratch_velocity, cupy.zeros_like(self._loss))
+                    # As captured (nnx's matmul kernel): compiled, and its blocks cached.
+                    with no_cublas():
+                        self._record(scratch, scratch_velocity, cupy.zeros_like(self._loss))
                 stream.synchronize()
                 saved.restore()
                 del scratch, scratch_velocity
@@ -250,7 +253,8 @@ class CapturedStep:
                     stream.begin_capture()
                     capturing = True
                     try:
-                        self._record(self._params, self._velocity, self._loss)
+                        with no_cublas():  # cuBLAS raises inside a capture
+                            self._record(self._params, self._velocity, self._loss)
                         capturing = False
                         graph = stream.end_capture()
                     except BaseException as exc:

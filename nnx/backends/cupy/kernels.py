@@ -9,8 +9,10 @@ when a kernel is first made.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import threading
 import types
 from typing import Any
 
@@ -63,6 +65,10 @@ def _kernels() -> Any:
                                     options=_NVRTC_OPTIONS)
 
     return types.SimpleNamespace(
+        # c[i, j] = sum_k a[i, k, 0] * b[0, k, j]: a matrix product as one reduction over the
+        # broadcast (n, k, m) index space, with no (n, k, m) temporary and no cuBLAS.
+        matmul=cupy.ReductionKernel("T a, T b", "T c", "a * b", "a + b", "c = a", "0",
+                                    "nnx_matmul_in_capture", options=_NVRTC_OPTIONS),
         tanh_backward=elementwise(
             "T act, T grad", "T dz", "dz = grad * (1 - act * act)", "nnx_tanh_backward"),
         sigmoid_backward=elementwise(
@@ -84,6 +90,31 @@ def _kernels() -> Any:
             "dz = (p - y) * c",
             "nnx_bce_grad"),
     )
+
+
+_capture = threading.local()
+
+
+@contextlib.contextmanager
+def capturing():
+    """While a training step is captured as a CUDA graph (:mod:`.graph`), matrix products in
+    this thread run as nnx's own kernel: every cuBLAS call raises during a stream capture
+    (``cupy_backends/cuda/libs/cublas.pyx``: setStream refuses a capturing stream)."""
+    before = getattr(_capture, "active", False)
+    _capture.active = True
+    try:
+        yield
+    finally:
+        _capture.active = before
+
+
+def matmul(a, b):
+    """``a @ b`` for 2-D arrays: cuBLAS, except inside :func:`capturing`, where it is one
+    reduction kernel (fine for the small layers whose steps a graph speeds up; far slower than
+    cuBLAS for large ones)."""
+    if not getattr(_capture, "active", False):
+        return a @ b
+    return _kernels().matmul(a[:, :, None], b[None, :, :], axis=1)
 
 
 def _scalar(value: float, like: Any) -> Any:
