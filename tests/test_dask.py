@@ -386,3 +386,16 @@ def test_dask_ml_incremental_trains_as_partial_fit_block_by_block():
     got = incremental.estimator_.model_.get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(got, expected.model_.get_weights()))
     np.testing.assert_array_equal(incremental.predict(Xd).compute(), expected.predict(X))
+
+
+def test_stream_fit_counts_accuracy_in_the_models_own_classes():
+    X, y = moons()
+    names = np.array(["cat", "dog", "eel"])[y]
+    model, expected = classifier(), classifier()
+    model.classes = expected.classes = ["eel", "dog", "cat"]  # not in the labels' order
+    history = nd.fit(model, da.from_array(X, chunks=(ROWS, 2)), names, epochs=3, lr=0.5,
+                     batch_size=None, validation_data=(X, names))
+    want = expected.fit(X, names, epochs=3, lr=0.5, validation_data=(X, names))
+    assert history["accuracy"] == want["accuracy"] and max(want["accuracy"]) > 0.5
+    assert history["val_accuracy"] == want["val_accuracy"]
+    assert max_diff(model, expected) <= 1e-15

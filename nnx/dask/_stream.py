@@ -42,11 +42,18 @@ class _Blocks:
         model = self.model
         Xc, yc = dask.compute(*self.parts[i])
         Xd, Y = model.encode(Xc, yc, where=f"{_WHERE} (row block {i})")
-        labels = None
-        if model.head.classifier:
-            labels = model.head.encode(model.backend, model.dtype, np.asarray(yc),
-                                       Xd.shape[0])[1]
-        return Xd, Y, labels
+        return Xd, Y, labels_of(model, Y)
+
+
+def labels_of(model: Any, Y: Any) -> Any:
+    """What ``head.correct`` counts against, from the encoded targets (so that a model's
+    own classes, mapped by ``encode``, are respected): class positions for a softmax output,
+    the 0/1 columns for sigmoid, None for regression."""
+    if not model.head.classifier:
+        return None
+    if model.head.name == "multiclass":  # one-hot rows
+        return model.xp.argmax(Y, axis=1)
+    return Y
 
 
 class StreamTrainer(Trainer):
@@ -240,10 +247,7 @@ def _validation_data(model: Any, validation_data: Any) -> tuple[Any, Any]:
         Xv = as_rows(Xv, _WHERE, "validation_data[0]", model.n_in)
         return None, (Xv, as_targets(yv, Xv, _WHERE, "validation_data[1]"))
     Xd, Y = model.encode(Xv, yv, where=_WHERE)
-    labels = None
-    if model.head.classifier:
-        labels = model.head.encode(model.backend, model.dtype, np.asarray(yv), Xd.shape[0])[1]
-    return (Xd, Y, labels), None
+    return (Xd, Y, labels_of(model, Y)), None
 
 
 def fit(model: Any, X: Any, y: Any, *, epochs: int = 1, lr: float | None = None,
