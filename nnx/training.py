@@ -373,12 +373,17 @@ class Trainer:
             self._roll_back(params, start, f"the update of epoch {window.epochs[-1]} made "
                             "the weights non-finite")
 
-    def _roll_back(self, params: list[Any], epochs_trained: int, what: str) -> None:
+    def _restore(self, params: list[Any], epochs_trained: int) -> None:
+        """Put the weights and the epoch count back, and forget the optimizer's state."""
         model = self.model
         model.assign_parameters(params)
         model.epochs_trained = epochs_trained
         if model.optimizer is not None:
             model.optimizer.reset()
+
+    def _roll_back(self, params: list[Any], epochs_trained: int, what: str) -> None:
+        model = self.model
+        self._restore(params, epochs_trained)
         # Not finite at the weights the training started from, before any update: no
         # learning rate is to blame, the data are (values that overflow the model's dtype).
         initial = model.evaluate_encoded(self.X, self.Y, self.labels,

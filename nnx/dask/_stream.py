@@ -198,10 +198,7 @@ class StreamTrainer(Trainer):
 
     def _roll_back(self, params: list[Any], epochs_trained: int, what: str) -> None:
         model = self.model
-        model.assign_parameters(params)
-        model.epochs_trained = epochs_trained
-        if model.optimizer is not None:
-            model.optimizer.reset()
+        self._restore(params, epochs_trained)
         # Already not finite at the starting weights (checked on the first block): the data
         # overflow the model's dtype; no learning rate is to blame.
         initial = float(model.evaluate_encoded(*self.blocks.load(0))["loss"])
