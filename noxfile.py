@@ -19,7 +19,8 @@ EXTRAS = {"torch": [TORCH], "jax": ["jax>=0.4.32"], "cupy": ["cupy-cuda13x[ctk]>
 def tests(session):
     """The whole suite on every CPU backend (numpy, array_api_strict's devices, torch, jax)."""
     session.install("-e", ".[test,jax]", TORCH)
-    session.run("pytest", "-q", "tests", "bench", "--benchmark-disable", *session.posargs)
+    session.run("pytest", "-q", "-n", "auto", "--maxprocesses", "4", "tests", "bench",
+                "--benchmark-disable", *session.posargs)
 
 
 @nox.session
