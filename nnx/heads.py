@@ -42,10 +42,21 @@ class Head:
         """Predictions from the loss's input `out` (logits when fused)."""
         raise NotImplementedError
 
+    def hits(self, xp: Any, out: Any, labels: Any, weight: Any = None) -> Any:
+        """Which predictions in the batch are right, unreduced (booleans; with `weight`, a
+        column (n, 1), the right ones' weights, wrong ones 0); None for regression. Batches'
+        hits, concatenated, give :meth:`count` of them all in one reduction."""
+        raise NotImplementedError
+
+    def count(self, xp: Any, hits: Any, dtype: Any) -> Any:
+        """How many of `hits` are right (a 0-d device array of `dtype`): their weighted sum."""
+        raise NotImplementedError
+
     def correct(self, xp: Any, out: Any, labels: Any, dtype: Any, weight: Any = None) -> Any:
         """How many predictions in the batch are right (a 0-d device array); with `weight`
-        (a column (n, 1)), the sum of the right ones' weights."""
-        raise NotImplementedError
+        (a column (n, 1)), the sum of the right ones' weights. None for regression."""
+        hits = self.hits(xp, out, labels, weight)
+        return None if hits is None else self.count(xp, hits, dtype)
 
 
 def _index_dtype(xp: Any, device: Any) -> Any:
@@ -85,9 +96,12 @@ class MulticlassHead(Head):
     def predict(self, xp, out):
         return xp.astype(xp.argmax(out, axis=1), _index_dtype(xp, None))
 
-    def correct(self, xp, out, labels, dtype, weight=None):
-        hits = xp.astype(xp.argmax(out, axis=1) == labels, dtype)
-        return xp.sum(hits) if weight is None else xp.sum(hits * weight[:, 0])
+    def hits(self, xp, out, labels, weight=None):
+        right = xp.argmax(out, axis=1) == labels
+        return right if weight is None else xp.astype(right, weight.dtype) * weight[:, 0]
+
+    def count(self, xp, hits, dtype):
+        return xp.sum(xp.astype(hits, dtype, copy=False))
 
 
 class BinaryHead(Head):
@@ -112,11 +126,12 @@ class BinaryHead(Head):
         hits = xp.astype(out >= (0 if self.fused else 0.5), _index_dtype(xp, None))
         return xp.reshape(hits, (-1,)) if self.n_out == 1 else hits
 
-    def correct(self, xp, out, labels, dtype, weight=None):
-        hits = xp.astype((out >= (0 if self.fused else 0.5)) == (labels > 0.5), dtype)
-        if weight is not None:
-            hits = hits * weight
-        return xp.sum(hits) / labels.shape[1]
+    def hits(self, xp, out, labels, weight=None):
+        right = (out >= (0 if self.fused else 0.5)) == (labels > 0.5)
+        return right if weight is None else xp.astype(right, weight.dtype) * weight
+
+    def count(self, xp, hits, dtype):
+        return xp.sum(xp.astype(hits, dtype, copy=False)) / hits.shape[1]
 
 
 class RegressionHead(Head):
@@ -137,7 +152,7 @@ class RegressionHead(Head):
     def predict(self, xp, out):
         return out
 
-    def correct(self, xp, out, labels, dtype, weight=None):
+    def hits(self, xp, out, labels, weight=None):
         return None
 
 

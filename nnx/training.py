@@ -138,6 +138,42 @@ class Window:
     next_before: Callable[[], tuple[list[Any], int]]
 
 
+class EpochSums:
+    """An epoch's summed loss and correct count over its minibatches, kept on the device and
+    reduced once, at the end: a batch only appends its mean loss, its size (or its weights'
+    sum) and its unreduced hits (:meth:`nnx.heads.Head.hits`). Summing as it goes took four
+    more device operations a batch, about a tenth of an epoch of a 64-256-10 network on
+    NumPy with 256-row batches."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.losses: list[Any] = []
+        self.sizes: list[Any] = []
+        self.hits: list[Any] = []
+
+    def add(self, loss: Any, size: Any, out: Any = None, labels: Any = None,
+            weight: Any = None) -> None:
+        """One batch: its mean `loss` over `size` rows (an int, or a 0-d array: the batch's
+        weights' sum), and, with `labels`, which of its outputs `out` are right."""
+        self.losses.append(loss)
+        self.sizes.append(size)
+        if labels is not None:
+            self.hits.append(self.model.head.hits(self.model.xp, out, labels, weight))
+
+    def totals(self) -> tuple[Any, Any]:
+        """``(sum of size * loss, correct count or None)``, 0-d arrays on the device."""
+        model = self.model
+        xp = model.xp
+        if isinstance(self.sizes[0], int):
+            sizes = model.backend.asarray(np.asarray(self.sizes), dtype=model.dtype)
+        else:
+            sizes = xp.stack(self.sizes)
+        total = xp.sum(xp.stack(self.losses) * sizes)
+        correct = (model.head.count(xp, xp.concat(self.hits), model.dtype)
+                   if self.hits else None)
+        return total, correct
+
+
 class Trainer:
     """The epoch loop of ``fit``: batches, figures kept on the device, periodic host sync,
     rollback on a non-finite loss, callbacks and progress."""
@@ -198,30 +234,31 @@ class Trainer:
 
     def _run_epoch(self) -> dict[str, Any]:
         model, n, step = self.model, self.X.shape[0], self.batch
-        head, xp, dtype = model.head, model.xp, model.dtype
         weighted = self.weight is not None
-        total = correct = None
-        for X, Y, labels, weight in self._batches():
-            if not weighted:
-                loss, out = model.train_step(X, Y)
-                if step < n:
-                    loss = loss * out.shape[0]
-            elif step >= n:
-                loss, out = model.train_step(X, Y, weight=self._full_weight)
+        if step >= n:  # full batch: one step, its own figures
+            X, Y, labels, weight = next(self._batches())
+            if weighted:
+                total, out = model.train_step(X, Y, weight=self._full_weight)
             else:
+                total, out = model.train_step(X, Y)
+            correct = None if labels is None else model.head.correct(
+                model.xp, out, labels, model.dtype, weight)
+        else:
+            sums = EpochSums(model)
+            for X, Y, labels, weight in self._batches():
+                if not weighted:
+                    loss, out = model.train_step(X, Y)
+                    sums.add(loss, out.shape[0], out, labels)
+                    continue
+                xp = model.xp
                 mass = xp.sum(weight)
                 # A batch whose weights are all 0 contributes nothing (and divides by 1).
                 loss, out = model.train_step(
                     X, Y, weight=weight / xp.where(mass > 0, mass, xp.ones_like(mass)))
-                loss = loss * mass
-            total = loss if total is None else total + loss
-            if labels is not None:
-                hit = head.correct(xp, out, labels, dtype, weight)
-                correct = hit if correct is None else correct + hit
-        if step >= n:
-            figures = {"loss": total}
-        else:
-            figures = {"loss": total / (self.counted["accuracy"] if weighted else n)}
+                sums.add(loss, mass, out, labels, weight)
+            total, correct = sums.totals()
+            total = total / (self.counted["accuracy"] if weighted else n)
+        figures = {"loss": total}
         if correct is not None:
             figures["accuracy"] = correct  # a count: _flush divides it on the host
         if self.val is not None:

@@ -85,6 +85,22 @@ def test_bad_data_in_the_models_own_backend(backend, data):
     unchanged(model, before)
 
 
+def test_finite_values_whose_sum_overflows_pass_and_one_nan_or_inf_does_not(backend):
+    """The finiteness check sums first (a NaN or inf makes the sum non-finite) and tests
+    element by element only when the sum is not finite: values near float32's maximum, whose
+    sum overflows, are finite and pass; a single NaN or inf among them is caught."""
+    from nnx._data import check_finite
+
+    big = np.full((4, 3), 3e38)
+    check_finite(backend.asarray(big, backend.xp.float32), "X", "test")  # sum is inf: exact test
+    for bad in (np.nan, np.inf, -np.inf):
+        for values in (big, np.ones((4, 3))):
+            array = values.copy()
+            array[2, 1] = bad
+            with pytest.raises(ValueError, match="X contains NaN or inf"):
+                check_finite(backend.asarray(array, backend.xp.float32), "X", "test")
+
+
 @pytest.mark.parametrize("method", ["predict", "predict_proba"])
 def test_bad_data_to_predict(backend, method):
     model = make(backend)

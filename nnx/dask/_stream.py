@@ -21,7 +21,7 @@ from nnx._validation import check_bool
 from nnx.callbacks import History
 from nnx.dask._predict import as_rows, as_targets, check_model, evaluate
 from nnx.errors import InvalidDataError, InvalidParameterError, NonFiniteLossError
-from nnx.training import FitSettings, Trainer, row_slices
+from nnx.training import EpochSums, FitSettings, Trainer, row_slices
 
 _WHERE = "nnx.dask.fit"
 
@@ -114,6 +114,7 @@ class StreamTrainer(Trainer):
         self._start(int(order[0]))
         total = correct = None
         sums: list[Any] | None = None
+        batches = None if self.full_batch else EpochSums(model)
         for j, i in enumerate(order):
             Xd, Y, labels = self._take(int(i))
             n_c = Xd.shape[0]
@@ -128,11 +129,13 @@ class StreamTrainer(Trainer):
                 self._start(int(self._next_order[0]))
             if self.full_batch:
                 loss, hit, sums = self._accumulate(Xd, Y, labels, sums)
+                total = loss if total is None else total + loss
+                if hit is not None:
+                    correct = hit if correct is None else correct + hit
             else:
-                loss, hit = self._train_block(Xd, Y, labels, perm)
-            total = loss if total is None else total + loss
-            if hit is not None:
-                correct = hit if correct is None else correct + hit
+                self._train_block(Xd, Y, labels, perm, batches)
+        if batches is not None:
+            total, correct = batches.totals()
         if self.full_batch:
             # The objective at the weights before the update, as a full-batch fit reports it.
             total = total / self.n + l2_term(model)
@@ -145,11 +148,10 @@ class StreamTrainer(Trainer):
         figures.update(self._validation())
         return figures
 
-    def _train_block(self, Xd: Any, Y: Any, labels: Any, perm: Any) -> tuple[Any, Any]:
+    def _train_block(self, Xd: Any, Y: Any, labels: Any, perm: Any, sums: EpochSums) -> None:
         model, xp = self.model, self.model.xp
         n_c = Xd.shape[0]
         idx = None if perm is None else model.backend.asarray(perm)
-        total = correct = None
         for rows in row_slices(n_c, min(self.batch, n_c)):
             if idx is None:
                 Xb, Yb = Xd[rows, ...], Y[rows, ...]
@@ -159,12 +161,7 @@ class StreamTrainer(Trainer):
                 Xb, Yb = xp.take(Xd, take, axis=0), xp.take(Y, take, axis=0)
                 lb = None if labels is None else xp.take(labels, take, axis=0)
             loss, out = model.train_step(Xb, Yb)
-            loss = loss * out.shape[0]
-            total = loss if total is None else total + loss
-            if lb is not None:
-                hit = model.head.correct(xp, out, lb, model.dtype)
-                correct = hit if correct is None else correct + hit
-        return total, correct
+            sums.add(loss, out.shape[0], out, lb)
 
     def _accumulate(self, Xd: Any, Y: Any, labels: Any, sums: list[Any] | None
                     ) -> tuple[Any, Any, list[Any]]:
