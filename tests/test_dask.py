@@ -344,6 +344,63 @@ def test_fit_parallel_adam_continues_across_calls(client):
     assert max_diff(model, expected) <= 1e-12
 
 
+@pytest.mark.parametrize("reduction", ["collective", "client"])
+def test_fit_parallel_minibatches_are_train_steps_on_the_global_batches(client, reduction):
+    """Synchronous minibatch SGD, in block order (shuffle=False): each step is one
+    train_step on the union of every worker's share of the step's rows, as documented:
+    steps = ceil(n / batch_size) per epoch, worker k takes rows [s b_k, (s + 1) b_k) of its
+    rows, b_k = ceil(n_k / steps)."""
+    if reduction == "collective":
+        pytest.importorskip("torch.distributed")
+    X, y = moons()
+    Xd, yd = as_dask(X, y)
+    held = Xd.persist()
+    placement = nd.shard_placement(client, held)
+    starts = np.cumsum((0,) + ROWS)
+    ranks = [np.concatenate([np.arange(starts[i], starts[i + 1]) for i in placement[w]])
+             for w in sorted(placement)]
+    batch, epochs = 64, 3
+    steps = -(-len(X) // batch)
+    shares = [-(-len(r) // steps) for r in ranks]
+    model, expected = classifier(), classifier()
+    history = nd.fit_parallel(model, Xd, yd, client=client, epochs=epochs, lr=0.5,
+                              batch_size=batch, shuffle=False, reduction=reduction)
+    expected.set_optimizer("sgd", lr=0.5)
+    Xe, Ye = expected.encode(X, y)
+    want = []
+    for _ in range(epochs):
+        total = 0.0
+        for s in range(steps):
+            rows = np.concatenate([r[s * b:(s + 1) * b] for r, b in zip(ranks, shares)])
+            loss, _ = expected.train_step(Xe[rows], Ye[rows])
+            total += float(loss) * len(rows)
+        want.append(total / len(X))
+    assert len(placement) == 2 and len({len(r) for r in ranks}) == 2  # unequal shards
+    assert max_diff(model, expected) <= 1e-14
+    np.testing.assert_allclose(history["loss"], want, rtol=1e-13)
+    assert model.epochs_trained == epochs
+    del held
+
+
+def test_fit_parallel_shuffled_minibatches_train_and_repeat_with_the_seed(client):
+    pytest.importorskip("torch.distributed")
+    X, y = moons()
+    Xd, yd = as_dask(X, y)
+    runs = []
+    for _ in range(2):
+        model = classifier(seed=3)
+        history = nd.fit_parallel(model, Xd, yd, client=client, epochs=5, lr=0.5,
+                                  batch_size=50)
+        runs.append((model, history["loss"]))
+    in_order = classifier(seed=3)
+    nd.fit_parallel(in_order, Xd, yd, client=client, epochs=5, lr=0.5, batch_size=50,
+                    shuffle=False)
+    (first, losses), (second, again) = runs
+    assert losses[-1] < 0.75 * losses[0]  # it trains
+    assert max_diff(first, second) == 0 and losses == again  # one seed, one run
+    assert max_diff(first, in_order) > 1e-6  # the rows were visited in another order
+
+
 def test_fit_parallel_rolls_back_on_divergence(client):
     X, _ = moons()
     targets = 1e3 * (X[:, 0] + 10)
@@ -366,6 +423,10 @@ def test_fit_parallel_refuses_bad_arguments(client):
         nd.fit_parallel(model, Xd, yd, client=client, reduction="tree")
     with pytest.raises(InvalidParameterError, match="collective_backend"):
         nd.fit_parallel(model, Xd, yd, client=client, collective_backend="")
+    with pytest.raises(InvalidParameterError, match="batch_size"):
+        nd.fit_parallel(model, Xd, yd, client=client, batch_size=0)
+    with pytest.raises(InvalidParameterError, match="shuffle"):
+        nd.fit_parallel(model, Xd, yd, client=client, batch_size=10, shuffle="yes")
     assert model.optimizer is None and model.epochs_trained == 0
 
 

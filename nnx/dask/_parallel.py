@@ -5,7 +5,11 @@ trains a replica of the model on the blocks it holds. Every step, the workers' g
 combine into the whole data set's as the size-weighted mean ``sum_k n_k g_k / sum_k n_k``
 (an unweighted mean of unequal shards would drift from full-batch training), and every
 replica applies the same update: synchronous full-batch gradient descent, equal to a
-single-process ``fit(batch_size=None)`` up to rounding.
+single-process ``fit(batch_size=None)`` up to rounding. With ``batch_size``, synchronous
+minibatch SGD: every epoch has ``ceil(n / batch_size)`` steps, and at each step every worker
+contributes its share of the rows (``ceil(n_k / steps)`` of its ``n_k``), so that a step's
+global batch is about ``batch_size`` rows drawn from every shard, and the update is the one
+``train_step`` would make on that global batch.
 
 Two ways to combine the gradients:
 
@@ -49,7 +53,8 @@ _STATE: dict[tuple[str, int], dict[str, Any]] = {}
 
 # -- on the workers ---------------------------------------------------------------------------
 def _prepare(key: tuple[str, int], model: Any, xs: list[Any], ys: list[Any]) -> int:
-    """Copy the model, check and encode the worker's shards; the number of rows."""
+    """Copy the model, check and encode the worker's shards; the number of rows. (For
+    minibatches :func:`_batch_rows` joins the shards into one array, once.)"""
     replica = pickle.loads(pickle.dumps(model))  # the scattered original stays untouched
     shards = []
     for i, (Xc, yc) in enumerate(zip(xs, ys)):
@@ -62,8 +67,13 @@ def _prepare(key: tuple[str, int], model: Any, xs: list[Any], ys: list[Any]) -> 
 
 
 def _local_sum(model: Any, shards: list[tuple[Any, Any]]) -> Any:
-    """``[sum_c n_c g_c (flattened) ..., sum_c n_c loss_c]`` as one 1-D device array."""
+    """``[sum_c n_c g_c (flattened) ..., sum_c n_c loss_c]`` as one 1-D device array (zeros
+    when the shards have no rows: a worker with nothing left in a step adds nothing)."""
     xp = model.xp
+    shards = [(Xd, Y) for Xd, Y in shards if Xd.shape[0] > 0]
+    if not shards:
+        size = sum(math.prod(p.shape) for p in model.trained_parameters()) + 1
+        return xp.zeros((size,), dtype=model.dtype, device=model.backend.device)
     sums, loss = None, None
     for Xd, Y in shards:
         n_c = Xd.shape[0]
@@ -86,22 +96,68 @@ def _split(model: Any, total: Any, n: float) -> tuple[list[Any], float]:
     return grads, float(total[start]) / n
 
 
-def _step(model: Any, total: Any, n: float) -> tuple[float, list[Any]]:
-    """One update from the summed buffer; the objective at the weights before it, and those
-    weights (a free snapshot: updates make new arrays)."""
+def _step(model: Any, total: Any, n: float) -> float:
+    """One update from the summed buffer of a step's `n` rows; the objective at the weights
+    before it (no update when it is not finite)."""
     grads, loss = _split(model, total, n)
     objective = loss + float(l2_term(model))
-    before = model.trained_parameters()
     if math.isfinite(objective):
         model.optimizer.epoch = model.epochs_trained
         model.apply_gradients(grads)
-        model.epochs_trained += 1
-    return objective, before
+    return objective
+
+
+class _Plan:
+    """The steps of an epoch: ``steps`` per epoch; at step ``s`` rank ``k`` takes rows
+    ``[s * b_k, (s + 1) * b_k)`` of its (permuted) rows, ``b_k = ceil(n_k / steps)``.
+    ``batch_size=None``: one step of every row (full batch)."""
+
+    def __init__(self, sizes: list[int], batch_size: int | None, shuffle: bool,
+                 seed: int | None) -> None:
+        n = sum(sizes)
+        self.sizes, self.shuffle, self.seed = sizes, shuffle, seed
+        self.full = batch_size is None or batch_size >= n
+        self.steps = 1 if self.full else -(-n // batch_size)
+        self.local = [-(-n_k // self.steps) for n_k in sizes]
+
+    def rows(self, step: int) -> float:
+        """How many rows step `step` trains on, over every rank (exact: Python ints)."""
+        return float(sum(max(0, min(b, n_k - step * b))
+                         for b, n_k in zip(self.local, self.sizes)))
+
+    def epoch(self, rows_per_step: list[float], objectives: list[float]) -> float:
+        """The epoch's figure, the rows-weighted mean of its steps' objectives (as
+        ``Sequential.fit`` reports a minibatch epoch)."""
+        return sum(r * o for r, o in zip(rows_per_step, objectives)) / sum(self.sizes)
+
+
+def _batch_rows(state: dict[str, Any], plan: _Plan, rank: int, epoch: int,
+                step: int) -> list[tuple[Any, Any]]:
+    """This rank's rows of one step, as a shard list for :func:`_local_sum`."""
+    if plan.full:
+        return state["shards"]
+    model = state["model"]
+    xp = model.xp
+    if "joined" not in state:
+        shards = state.pop("shards")
+        state["joined"] = (xp.concat([X for X, _ in shards], axis=0),
+                           xp.concat([Y for _, Y in shards], axis=0))
+    X, Y = state["joined"]
+    b = plan.local[rank]
+    if not plan.shuffle:
+        rows = slice(min(step * b, X.shape[0]), min((step + 1) * b, X.shape[0]))
+        return [(X[rows, ...], Y[rows, ...])]
+    if state.get("order_epoch") != epoch:
+        order = np.random.default_rng([plan.seed, rank, epoch]).permutation(X.shape[0])
+        state["order"], state["order_epoch"] = model.backend.asarray(order), epoch
+    take = state["order"][min(step * b, X.shape[0]):min((step + 1) * b, X.shape[0])]
+    return [(xp.take(X, take, axis=0), xp.take(Y, take, axis=0))]
 
 
 def _collective(key: tuple[str, int], world: int, host: str, port: int, backend: str,
-                epochs: int, n: float, timeout: float) -> Any:
-    """The long-lived task of one worker: `epochs` synchronous steps, the sums all-reduced."""
+                epochs: int, plan: _Plan, timeout: float) -> Any:
+    """The long-lived task of one worker: `epochs` epochs of synchronous steps, each step's
+    sums all-reduced."""
     try:
         import torch
         import torch.distributed as dist
@@ -110,30 +166,22 @@ def _collective(key: tuple[str, int], world: int, host: str, port: int, backend:
                                      "workers (pip install 'nnx-arrays[torch]'); or use "
                                      "reduction='client'.") from None
     state = _STATE[key]
-    model, shards, rank = state["model"], state["shards"], key[1]
+    model, rank = state["model"], key[1]
     dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=rank,
                             world_size=world, timeout=timedelta(seconds=timeout))
-    losses: list[float] = []
-    previous = None
+
+    def all_reduce(flat: Any) -> Any:
+        if backend == "gloo":  # CPU tensors: through the host
+            host_flat = np.require(to_numpy(flat), requirements="CA")
+            dist.all_reduce(torch.from_numpy(host_flat))
+            return model.backend.asarray(host_flat)
+        tensor = torch.from_dlpack(flat)  # device tensors, shared through DLPack
+        dist.all_reduce(tensor)
+        return model.xp.from_dlpack(tensor)
+
     try:
-        for _ in range(epochs):
-            flat = _local_sum(model, shards)
-            if backend == "gloo":  # CPU tensors: through the host
-                host_flat = np.require(to_numpy(flat), requirements="CA")
-                dist.all_reduce(torch.from_numpy(host_flat))
-                total = model.backend.asarray(host_flat)
-            else:  # device tensors, shared through DLPack
-                tensor = torch.from_dlpack(flat)
-                dist.all_reduce(tensor)
-                total = model.xp.from_dlpack(tensor)
-            objective, before = _step(model, total, n)
-            losses.append(objective)
-            if not math.isfinite(objective):
-                # Every rank saw the same sum: all stop here, back at the weights of the
-                # last finite loss.
-                model.assign_trained_parameters(previous or before)
-                break
-            previous = before
+        losses = _epochs(model, plan, epochs, lambda epoch, step: all_reduce(
+            _local_sum(model, _batch_rows(state, plan, rank, epoch, step))))
     finally:
         dist.destroy_process_group()
     if rank != 0:
@@ -141,7 +189,34 @@ def _collective(key: tuple[str, int], world: int, host: str, port: int, backend:
     return [to_numpy(p) for p in model.trained_parameters()], model.optimizer, losses
 
 
-def _client_round(key: tuple[str, int], params: list[Any] | None) -> np.ndarray:
+def _epochs(model: Any, plan: _Plan, epochs: int, summed: Any) -> list[float]:
+    """Train `model` for `epochs` epochs of `plan`'s steps, `summed(epoch, step)` giving each
+    step's buffer summed over the ranks; the epochs' figures. Every rank (and the client)
+    sees the same sums, so all stop at the same epoch when a figure is not finite, back at
+    the weights of the last finite one."""
+    losses: list[float] = []
+    previous = None
+    for _ in range(epochs):
+        start, epoch = model.trained_parameters(), model.epochs_trained
+        rows, objectives = [], []
+        for step in range(plan.steps):
+            rows.append(plan.rows(step))
+            objectives.append(_step(model, summed(epoch, step), rows[-1]))
+            if not math.isfinite(objectives[-1]):
+                break
+        figure = (plan.epoch(rows, objectives) if math.isfinite(objectives[-1])
+                  else objectives[-1])
+        losses.append(figure)
+        if not math.isfinite(figure):
+            model.assign_trained_parameters(previous or start)
+            break
+        previous = start
+        model.epochs_trained += 1
+    return losses
+
+
+def _client_round(key: tuple[str, int], params: list[Any] | None, plan: _Plan, epoch: int,
+                  step: int) -> np.ndarray:
     """One step of the client reduction on a worker: take the weights, send back the sums."""
     state = _STATE[key]
     model = state["model"]
@@ -149,7 +224,7 @@ def _client_round(key: tuple[str, int], params: list[Any] | None) -> np.ndarray:
         model.assign_trained_parameters(
             [model.backend.asarray(np.require(p, requirements="CA"), dtype=model.dtype)
              for p in params])
-    return to_numpy(_local_sum(model, state["shards"]))
+    return to_numpy(_local_sum(model, _batch_rows(state, plan, key[1], epoch, step)))
 
 
 def _free_port() -> int:
@@ -186,11 +261,12 @@ def shard_placement(client: Any, X: Any) -> dict[str, list[int]]:
 
 def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, epochs: int = 1,
                  lr: float | None = None, l2: float | None = None, optimizer: Any = None,
-                 schedule: Any = None, reduction: str = "collective",
-                 collective_backend: str = "gloo", timeout: float = 120.0) -> History:
-    """Full-batch data-parallel training on the workers of `client`, continuing from the
-    model's weights and optimizer state; the trained weights and optimizer come back into
-    `model`.
+                 schedule: Any = None, batch_size: int | None = None, shuffle: bool = True,
+                 reduction: str = "collective", collective_backend: str = "gloo",
+                 timeout: float = 120.0) -> History:
+    """Synchronous data-parallel training on the workers of `client`, full batch or in
+    minibatches, continuing from the model's weights and optimizer state; the trained
+    weights and optimizer come back into `model`.
 
     Parameters
     ----------
@@ -201,9 +277,20 @@ def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, epochs: int = 1,
     y : dask.array.Array or array, shape (n_samples,) or (n_samples, n_out)
     client : dask.distributed.Client
     epochs : int
-        Full-batch steps (one update each, as ``Sequential.fit(batch_size=None)``).
+        Passes over the data.
     lr, l2, optimizer, schedule
         As ``Sequential.fit``.
+    batch_size : int or None
+        None (the default): full batch, one update per epoch from the whole data set's
+        gradient, as ``Sequential.fit(batch_size=None)``. An int: rows per update over all
+        workers; an epoch has ``ceil(n / batch_size)`` steps, and at each step every worker
+        takes ``ceil(n_k / steps)`` of its ``n_k`` rows (its last steps may have fewer, or
+        none), so each update is ``train_step`` on a global batch of about `batch_size`
+        rows drawn from every shard.
+    shuffle : bool
+        With `batch_size`, each worker visits its rows in a new order every epoch (drawn from
+        a seed taken from ``model.rng`` once per call, the worker's rank and the epoch);
+        False: in the order of its blocks.
     reduction : {'collective', 'client'}
         How the gradients combine: a torch.distributed all-reduce among the workers, or
         through the client (nothing but dask needed).
@@ -216,7 +303,8 @@ def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, epochs: int = 1,
     Returns
     -------
     History
-        ``loss``: the objective at the weights before each step.
+        ``loss``: the objective at the weights before each step (full batch), or the
+        rows-weighted mean of an epoch's steps' objectives (minibatches).
     """
     check_model(model, _WHERE)
     try:
@@ -234,8 +322,8 @@ def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, epochs: int = 1,
                                     f"received collective_backend={collective_backend!r}.")
     timeout = check_real(timeout, "timeout", _WHERE, low=0, low_open=True)
     settings = FitSettings(
-        model, epochs=epochs, lr=lr, l2=l2, batch_size=None, optimizer=optimizer,
-        schedule=schedule, shuffle=True, validation_data=None, validation_split=0.0,
+        model, epochs=epochs, lr=lr, l2=l2, batch_size=batch_size, optimizer=optimizer,
+        schedule=schedule, shuffle=shuffle, validation_data=None, validation_split=0.0,
         callbacks=(), early_stopping=None, verbose=False, sync_every=1, where=_WHERE)
     X = as_rows(X, _WHERE, n_in=model.n_in)
     y = as_targets(y, X, _WHERE)
@@ -269,13 +357,16 @@ def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, epochs: int = 1,
                           [y_futures[y_keys[i]] for i in placement[w]],
                           workers=[w], allow_other_workers=False, pure=False)
             for w in workers])
-        n = float(sum(rows))
+        minibatches = settings.batch_size is not None and settings.batch_size < sum(rows)
+        seed = (int(model.rng.integers(2**63)) if minibatches and settings.shuffle
+                else None)
+        plan = _Plan([int(r) for r in rows], settings.batch_size, settings.shuffle, seed)
         if reduction == "collective":
             trained, trained_opt, losses = _run_collective(
-                client, keys, workers, collective_backend, settings.epochs, n, timeout)
+                client, keys, workers, collective_backend, settings.epochs, plan, timeout)
         else:
             trained, trained_opt, losses = _run_client(client, trial, keys, workers,
-                                                       settings.epochs, n)
+                                                       settings.epochs, plan)
     finally:
         client.run(_forget, run, workers=workers)
 
@@ -304,37 +395,37 @@ def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, epochs: int = 1,
 
 
 def _run_collective(client: Any, keys: dict[str, tuple[str, int]], workers: list[str],
-                    backend: str, epochs: int, n: float, timeout: float) -> Any:
+                    backend: str, epochs: int, plan: _Plan, timeout: float) -> Any:
     from distributed.comm import get_address_host
 
     host = get_address_host(workers[0])
     port = client.submit(_free_port, workers=[workers[0]], allow_other_workers=False,
                          pure=False).result()
     tasks = [client.submit(_collective, keys[w], len(workers), host, port, backend, epochs,
-                           n, timeout, workers=[w], allow_other_workers=False, pure=False)
+                           plan, timeout, workers=[w], allow_other_workers=False, pure=False)
              for w in workers]
     return client.gather(tasks)[0]
 
 
 def _run_client(client: Any, model: Any, keys: dict[str, tuple[str, int]],
-                workers: list[str], epochs: int, n: float) -> Any:
-    """The client's loop: gather the sums, update `model` (a copy), send its weights."""
-    losses: list[float] = []
-    params = previous = None
-    for _ in range(epochs):
-        sent = None if params is None else client.scatter(params, workers=workers,
-                                                          broadcast=True, hash=False)
-        parts = client.gather([client.submit(_client_round, keys[w], sent, workers=[w],
-                                             allow_other_workers=False, pure=False)
+                workers: list[str], epochs: int, plan: _Plan) -> Any:
+    """The client's loop: send the weights of the last update (the workers start from the
+    model's own), gather the sums, update `model` (a copy)."""
+    first = [True]
+
+    def summed(epoch: int, step: int) -> Any:
+        sent = None if first[0] else client.scatter(
+            [to_numpy(p) for p in model.trained_parameters()], workers=workers,
+            broadcast=True, hash=False)
+        first[0] = False
+        parts = client.gather([client.submit(_client_round, keys[w], sent, plan, epoch, step,
+                                             workers=[w], allow_other_workers=False,
+                                             pure=False)
                                for w in workers])
         total = parts[0]
         for part in parts[1:]:
             total = total + part
-        objective, before = _step(model, model.backend.asarray(total), n)
-        losses.append(objective)
-        if not math.isfinite(objective):
-            model.assign_trained_parameters(previous or before)
-            break
-        previous = before
-        params = [to_numpy(p) for p in model.trained_parameters()]
+        return model.backend.asarray(total)
+
+    losses = _epochs(model, plan, epochs, summed)
     return [to_numpy(p) for p in model.trained_parameters()], model.optimizer, losses
