@@ -18,17 +18,9 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils._param_validation import InvalidParameterError  # noqa: E402
-from sklearn.utils.estimator_checks import (  # noqa: E402
-    _get_check_estimator_ids,
-    estimator_checks_generator,
-)
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from nnx.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
-
-
-def _check_name(check):
-    return getattr(check, "func", check).__name__
-
 
 ESTIMATORS = [
     MLPClassifier(hidden_layer_sizes=(16,), max_iter=200, learning_rate_init=0.01,
@@ -38,15 +30,16 @@ ESTIMATORS = [
 ]
 
 
-# scikit-learn's checks on NumPy; its array API checks (which parametrize_with_checks yields
-# for every namespace it knows, nnx's or not) run in tests/test_sklearn_array_api.py on the
-# namespaces nnx has backends for, with values compared.
-@pytest.mark.parametrize(
-    "estimator, check",
-    [(est, check) for est in ESTIMATORS for est, check in estimator_checks_generator(est)
-     if not _check_name(check).startswith("check_array_api")],
-    ids=lambda obj: _get_check_estimator_ids(obj))
-def test_sklearn_estimator_checks(estimator, check):
+# Every check scikit-learn has for the two estimators, with no expected failures (no
+# ``expected_failed_checks``, so nothing is marked xfail) and no dtype override: the default
+# ``dtype=None`` trains in X's float dtype, float64 for the checks' float64 data, as
+# scikit-learn's MLP does, so no check needs ``dtype='float64'`` set for its precision. The
+# array API checks among them run too (SCIPY_ARRAY_API=1); scikit-learn skips those whose
+# library or device is not here (CuPy, CUDA, torch's xpu and mps, dpnp), with its reason.
+# tests/test_sklearn_array_api.py runs them again with the values compared.
+@parametrize_with_checks(ESTIMATORS)
+def test_sklearn_estimator_checks(estimator, check, monkeypatch):
+    monkeypatch.setenv("SCIPY_ARRAY_API", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
@@ -264,3 +257,46 @@ def test_full_batch_sgd_follows_sklearn(learning_rate):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
         if ours.n_outputs_ == 1:  # loss_ is exact for one output (see nnx.sklearn)
             np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["MLPClassifier", "MLPRegressor"])
+def test_signature_is_sklearns_plus_nnx_parameters(name):
+    """scikit-learn's own signature (names, order, positional or keyword-only, defaults), so
+    that its calls run unchanged, then nnx's additions."""
+    import inspect
+
+    import sklearn.neural_network
+
+    import nnx.sklearn
+
+    theirs = inspect.signature(getattr(sklearn.neural_network, name)).parameters
+    ours = inspect.signature(getattr(nnx.sklearn, name)).parameters
+    extra = (["class_weight"] if name == "MLPClassifier" else []) + ["backend", "device",
+                                                                     "dtype"]
+    assert list(ours) == list(theirs) + extra
+    for key, param in theirs.items():
+        assert (ours[key].kind, ours[key].default) == (param.kind, param.default), key
+
+
+def test_poisson_loss_refused_with_reason():
+    X, y = make_regression(n_samples=30, n_features=3, random_state=0)
+    with pytest.raises(InvalidParameterError, match="squared error only"):
+        MLPRegressor(loss="poisson").fit(X, np.abs(y))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_feature_names_log_proba_and_array_api_tag():
+    pd = pytest.importorskip("pandas")
+    X, y = _blobs()
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    clf = _small(max_iter=20).fit(frame, y)
+    assert list(clf.feature_names_in_) == list(frame.columns) and clf.n_features_in_ == 6
+    with pytest.raises(ValueError, match="feature names should match"):
+        clf.predict(frame.rename(columns={"f0": "other"}))
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        clf.predict(X)
+    proba = clf.predict_proba(frame)
+    np.testing.assert_array_equal(clf.predict_log_proba(frame), np.log(proba))
+    np.testing.assert_array_equal(clf.predict(frame), clf.classes_[np.argmax(proba, axis=1)])
+    for est in (clf, MLPRegressor()):
+        assert est.__sklearn_tags__().array_api_support is True

@@ -239,3 +239,47 @@ def test_regressor_on_torch_keeps_float32_and_device():
         pred = reg.predict(Xt)
     assert isinstance(pred, torch.Tensor) and pred.dtype == torch.float32
     assert tuple(pred.shape) == (60, 2) and reg.model_.backend.name == "torch"
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=IDS)
+def test_pickle_deepcopy_clone_joblib_on_every_backend(estimator, backend):
+    """A model fitted on each backend of the registry (X on it, under dispatch) comes back
+    from pickle, deepcopy and joblib on the same backend and device, predicting the same
+    values, and trains on (its optimizer's state came along); clone keeps the parameters
+    only."""
+    import copy
+    import io
+    import pickle
+
+    import joblib
+    from sklearn.base import clone
+
+    from nnx.backends import to_numpy
+
+    if isinstance(estimator, MLPClassifier):
+        X, y = _data(n=40)
+    else:
+        X, y = make_regression(n_samples=40, n_features=4, noise=0.1, random_state=0)
+        y = y / 100
+    dtype = backend.xp.float64 if backend.supports_float64 else backend.xp.float32
+    Xb = backend.asarray(X, dtype=dtype)
+    yb = backend.asarray(y) if isinstance(estimator, MLPClassifier) else backend.asarray(
+        y, dtype=dtype)
+    with sklearn.config_context(array_api_dispatch=True):
+        fitted = clone(estimator).set_params(max_iter=5).fit(Xb, yb)
+        assert fitted.model_.backend == backend
+        expected = to_numpy(fitted.predict(Xb))
+        buffer = io.BytesIO()
+        joblib.dump(fitted, buffer)
+        buffer.seek(0)
+        copies = (pickle.loads(pickle.dumps(fitted)), copy.deepcopy(fitted),
+                  joblib.load(buffer))
+        for other in copies:
+            assert other.model_.backend == backend
+            pred = other.predict(Xb)
+            assert backend.owns(pred) and array_api_compat.device(pred) == backend.device
+            np.testing.assert_array_equal(to_numpy(pred), expected)
+            other.partial_fit(Xb, yb)
+            assert other.n_iter_ == 6
+        fresh = clone(fitted)
+    assert fresh.get_params() == fitted.get_params() and not hasattr(fresh, "model_")

@@ -43,7 +43,9 @@ objectives weighted by their weights' sums (scikit-learn 1.9 weights them by the
 
 Other differences from scikit-learn, all deliberate:
 
-- ``solver='lbfgs'`` is refused (nnx has no L-BFGS). Negative ``sample_weight`` is refused.
+- ``solver='lbfgs'`` is refused (nnx has no L-BFGS; ``max_fun``, its budget, is accepted
+  and unused), and so is the regressor's ``loss='poisson'`` (squared error only).
+  Negative ``sample_weight`` is refused.
 - Adam: nnx adds ``epsilon`` to the bias-corrected ``sqrt(v_hat)`` (Kingma & Ba's
   algorithm 1); scikit-learn adds it to the uncorrected ``sqrt(v)``. The same for ``eps``
   small next to the gradients.

@@ -134,6 +134,9 @@ class BaseMLP(BaseEstimator):
         "epsilon": [Interval(Real, 0, None, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"),
                              Options(Real, {np.inf})],
+        # L-BFGS's budget in scikit-learn: accepted so that its calls run unchanged, unused
+        # (solver='lbfgs' is refused).
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
         "backend": "no_validation",  # checked by nnx.get_backend at fit
         "device": "no_validation",
         "dtype": [StrOptions({"float32", "float64"}), None],
@@ -144,8 +147,8 @@ class BaseMLP(BaseEstimator):
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, backend=None,
-                 device=None, dtype=None):
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 backend=None, device=None, dtype=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -168,6 +171,7 @@ class BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.backend = backend
         self.device = device
         self.dtype = dtype
@@ -194,6 +198,9 @@ class BaseMLP(BaseEstimator):
 
     def _loss_factor(self) -> float:
         return 1.0
+
+    def _refuse_unsupported(self) -> None:
+        """Raise for a scikit-learn option that nnx accepts only to refuse (beyond lbfgs)."""
 
     def _score_model(self, model, X, y, sample_weight) -> float:
         raise NotImplementedError
@@ -285,6 +292,7 @@ class BaseMLP(BaseEstimator):
                 "{'adam', 'sgd'}. Got 'lbfgs' instead: nnx has no L-BFGS solver (it trains "
                 "by minibatch gradient descent only); use solver='adam' or solver='sgd', or "
                 "sklearn.neural_network for L-BFGS.")
+        self._refuse_unsupported()
         self._hidden_sizes()
         first_pass = not hasattr(self, "model_") or (not self.warm_start and not incremental)
         if not first_pass and hasattr(self, "coefs_"):
