@@ -226,6 +226,28 @@ class Sequential:
         # The layers drop the last step's caches; the history and optimizer state stay.
         return dict(self.__dict__)
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        if not self.backend.has_scope:
+            return super().__reduce_ex__(protocol)
+        # A backend with a scope (JAX's x64 mode, CuPy's current device) rebuilds its arrays
+        # as the scope in force says: a float64 JAX array unpickled outside x64 mode comes
+        # back float32. The state is pickled on its own and loaded inside the model's scope.
+        import pickle
+
+        return _unpickle_in_scope, (type(self), self.backend, self.dtype_name,
+                                    pickle.dumps(self.__getstate__(), protocol))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Sequential:
+        # Not through pickle (a schedule may be a lambda), but in the scope, as unpickling.
+        import copy
+
+        model = type(self).__new__(type(self))
+        memo[id(self)] = model
+        with self.backend.scope(self.dtype_name):
+            for key, value in self.__getstate__().items():
+                model.__dict__[key] = copy.deepcopy(value, memo)
+        return model
+
     # -- parameters ---------------------------------------------------------------------------
     def parameters(self) -> list[Any]:
         """``[W0, b0, W1, b1, ...]``: the device arrays themselves. nnx never writes into
@@ -839,3 +861,14 @@ class Sequential:
 
         save(self, path)
 
+
+def _unpickle_in_scope(cls: type, backend: Backend, dtype_name: str, state: bytes) -> Any:
+    """A model pickled by :meth:`Sequential.__reduce_ex__`: its state loaded inside its
+    backend's scope, so that every array (weights, optimizer state) keeps its dtype and
+    device."""
+    import pickle
+
+    model = cls.__new__(cls)
+    with backend.scope(dtype_name):
+        model.__dict__.update(pickle.loads(state))
+    return model

@@ -152,3 +152,36 @@ def test_assign_parameters_refuses_other_arrays_with_a_clear_message(backend):
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
     model.assign_parameters(params)  # its own arrays go back in
+
+
+def test_pickle_and_deepcopy_keep_dtype_values_and_optimizer_state(backend):
+    """A trained model with Adam's state, pickled and deep-copied, and both loaded in another
+    thread: outside every scope this test holds (JAX's x64 mode is per thread), as a worker
+    process or a later session loads it. The copies hold the model's dtype and values, and
+    train on exactly as the original does (the optimizer's moments came along intact)."""
+    import copy
+    import pickle
+    import threading
+
+    dtype = "float64" if backend.supports_float64 else "float32"
+    X, y = _data()
+    model = _model(backend, dtype=dtype)
+    model.fit(X, y, epochs=3, lr=0.05, optimizer="adam")
+    data = pickle.dumps(model)
+    copies = {}
+
+    def load():
+        copies["pickled"] = pickle.loads(data)
+        copies["deepcopy"] = copy.deepcopy(model)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    thread.join()
+    model.fit(X, y, epochs=2)
+    for how, other in copies.items():
+        assert other.backend == model.backend, how
+        assert all(w.dtype == np.dtype(dtype) for w in other.get_weights()), how
+        assert all(p.dtype == q.dtype for p, q in zip(other.parameters(), model.parameters()))
+        other.fit(X, y, epochs=2)
+        for a, b in zip(other.get_weights(), model.get_weights()):
+            np.testing.assert_array_equal(a, b, err_msg=how)
