@@ -74,7 +74,11 @@ def moons(n=200):
 def test_fast_activation_is_the_generic_one_off_cupy(backend, name):
     act = ACTIVATIONS[name]
     chosen = cuda.fast_activation(act, backend)
-    if backend.name != "cupy" or name not in FUSED_ACTIVATIONS:
+    if backend.name == "jax":  # the same functions, each under jax.jit
+        assert chosen.name == act.name
+        assert (chosen.forward.fn, chosen.backward.fn) == (act.forward, act.backward)
+        assert cuda.fast_activation(chosen, backend) is chosen  # a user's: kept
+    elif backend.name != "cupy" or name not in FUSED_ACTIVATIONS:
         assert chosen is act
     else:
         assert chosen is cuda.fused_activations()[name]
@@ -84,7 +88,11 @@ def test_fast_activation_is_the_generic_one_off_cupy(backend, name):
 def test_fast_loss_is_the_generic_one_off_cupy(backend, name):
     loss = LOSSES[name]
     chosen = cuda.fast_loss(loss, backend)
-    if backend.name != "cupy" or name not in FUSED_LOSSES:
+    if backend.name == "jax":  # the same function under jax.jit
+        assert chosen.fn.fn is loss.fn
+        assert (chosen.name, chosen.fused_activation) == (loss.name, loss.fused_activation)
+        assert cuda.fast_loss(loss.fn, backend) is loss.fn
+    elif backend.name != "cupy" or name not in FUSED_LOSSES:
         assert chosen is loss
         assert cuda.fast_loss(loss.fn, backend) is loss.fn
     else:
@@ -538,3 +546,37 @@ def test_enable_tf32_without_cupy_says_so(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", None)
     with pytest.raises(nnx.BackendError, match="TF32 is a CuPy setting and CuPy is not usable"):
         cuda.enable_tf32()
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_jax_jitted_activations_and_losses_equal_the_generic_ones_on_numpy(name):
+    """JAX's fast paths (nnx's functions under jax.jit) against the same functions run on
+    NumPy, in float64, with inputs and scales that change between calls (nothing is baked
+    into a trace). The generic functions meet the textbook formulas in test_activations.py
+    and test_losses.py."""
+    jax = pytest.importorskip("jax")
+    backend = nnx.get_backend("jax")
+    rng = np.random.default_rng(0)
+    with backend.scope("float64"):
+        xp = backend.xp
+        act, generic = cuda.fast_activation(ACTIVATIONS[name], backend), ACTIVATIONS[name]
+        for spread in (1.0, 30.0):
+            z, g = rng.normal(size=(6, 3)) * spread, rng.normal(size=(6, 3))
+            a = act.forward(xp, xp.asarray(z))
+            assert a.dtype == xp.float64 and isinstance(a, jax.Array)
+            want = generic.forward(np, z)
+            np.testing.assert_allclose(host(a), want, rtol=1e-13, atol=1e-15)
+            # (XLA may fuse 1 - a * a into one fused multiply-add: a saturated tanh's
+            # derivative is then 1e-15 where NumPy rounds it to 0.)
+            np.testing.assert_allclose(host(act.backward(xp, a, xp.asarray(g))),
+                                       generic.backward(np, want, g), rtol=1e-12, atol=1e-14)
+        for loss in LOSSES.values():
+            fast = cuda.fast_loss(loss, backend)
+            Y = np.eye(3)[rng.integers(0, 3, size=6)]
+            z, w = rng.normal(size=(6, 3)), rng.random((6, 1))
+            for scale, weight in ((1.0, None), (0.25, None), (0.5, w)):
+                value, grad = fast(xp, xp.asarray(z), xp.asarray(Y), scale=scale,
+                                   weight=None if weight is None else xp.asarray(weight))
+                want_value, want_grad = loss(np, z, Y, scale=scale, weight=weight)
+                np.testing.assert_allclose(float(value), float(want_value), rtol=1e-13)
+                np.testing.assert_allclose(host(grad), want_grad, rtol=1e-12, atol=1e-15)

@@ -68,7 +68,7 @@ def test_bool_labels_on_one_sigmoid_unit_come_back_as_bools():
 
 def test_positions_stay_positions():
     X, codes = _blobs()
-    model = _model()
+    model = _model("numpy")  # NumPy's int64 (JAX's default integers are int32)
     model.fit(X, codes, epochs=2)
     assert model.classes is None
     assert nnx.to_numpy(model.predict(X)).dtype == np.int64

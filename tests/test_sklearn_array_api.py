@@ -135,9 +135,10 @@ def test_grid_search_on_torch_tensors_predicts_torch_tensors():
     assert set(pred.tolist()) <= set(y.tolist())
 
 
-def test_everything_follows_X_without_dispatch():
+def test_everything_follows_X_without_dispatch(monkeypatch):
     """A non-NumPy X and no ``backend``: the model follows X even without dispatch (whose
     validation then runs on a host copy), and so do the outputs."""
+    monkeypatch.delenv("NNX_BACKEND", raising=False)  # the default backend: numpy
     X, y = _data()
     device1 = array_api_strict.Device("device1")
     Xs = array_api_strict.asarray(X, dtype=array_api_strict.float32, device=device1)
@@ -205,7 +206,8 @@ def test_predict_on_another_namespace_raises_like_sklearn():
     assert moved.n_iter_ == 31 and clf.n_iter_ == 30
 
 
-def test_without_dispatch_numpy_in_numpy_out():
+def test_without_dispatch_numpy_in_numpy_out(monkeypatch):
+    monkeypatch.delenv("NNX_BACKEND", raising=False)  # the default backend: numpy
     X, y = _data()
     clf = _clf().fit(X, y)
     assert clf.model_.backend.name == "numpy" and clf.model_.dtype_name == "float64"
