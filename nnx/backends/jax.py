@@ -194,7 +194,7 @@ class _Jitted:
         return jitted, (self.fn,)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted(fn: Any) -> _Jitted:
     """The one :class:`_Jitted` of `fn` (its compilations are shared by every model)."""
     return _Jitted(fn)
