@@ -267,3 +267,22 @@ def test_env_cupy_installed_without_a_driver_names_the_cuda_error(tmp_path):
             info = json.loads(result.stdout)["info"]
             assert info["backend"] == "numpy"
             assert "cudaErrorInsufficientDriver" in info["reason"]
+
+
+def test_a_read_only_array_into_a_torch_model_warns_nothing():
+    """torch warns (once per process) when a tensor shares a read-only NumPy array's memory;
+    nnx never writes into its inputs, so a read-only array (a memmap, scikit-learn's
+    read-only checks) goes in without a warning. In a fresh process: torch shows it once."""
+    pytest.importorskip("torch")
+    code = (
+        "import warnings, numpy as np, nnx\n"
+        "warnings.simplefilter('error')\n"
+        "X = np.random.default_rng(0).normal(size=(20, 3)); X.flags.writeable = False\n"
+        "y = (X[:, 0] > 0).astype(int); y.flags.writeable = False\n"
+        "m = nnx.Sequential([nnx.Dense(3, 2, activation='softmax')], backend='torch')\n"
+        "m.fit(X, y, epochs=2)\n"
+        "print(m.predict(X).shape)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "(20,)" in result.stdout or "torch.Size([20])" in result.stdout

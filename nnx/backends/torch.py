@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import array_api_compat
@@ -51,6 +52,15 @@ class TorchBackend(Backend):
         if self.owns(x) and x.requires_grad:
             # Data entering nnx carries no autograd history (it would grow without bound).
             x = x.detach()
+        if isinstance(x, np.ndarray) and not x.flags.writeable:
+            # torch warns that a tensor sharing a read-only array's memory must not be
+            # written to; nnx never writes into its inputs, so the memory is shared (a
+            # memmapped data set is not copied) and the warning, meant for code that would
+            # write, is not shown to the user.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not "
+                                        "writable", category=UserWarning)
+                return super().asarray(x, dtype)
         return super().asarray(x, dtype)
 
     @classmethod
