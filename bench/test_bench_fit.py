@@ -66,4 +66,4 @@ def test_fit_vs_its_train_step_ceiling(benchmark, mode):
         paired_rounds(mode, seconds_per_call(benchmark, fit), budget=20.0), 9)
     record(benchmark, "fit_vs_ceiling", paired_ratio(fit, steps, rounds))
     record(benchmark, "epoch_vs_ceiling",
-           paired_ratio(lambda: fit(3), lambda: steps(3), max(1, rounds // 3)))
+           paired_ratio(lambda: fit(3), lambda: steps(3), max(1, rounds // 2)))
