@@ -308,6 +308,8 @@ def test_stream_fit_refuses_bad_arguments():
         nd.fit(model, Xd, yd, epochs=0)
     with pytest.raises(InvalidParameterError, match="prefetch must be True or False"):
         nd.fit(model, Xd, yd, prefetch="yes")
+    with pytest.raises(InvalidParameterError, match=r"validation_data must be a pair .* of 3"):
+        nd.fit(model, Xd, yd, validation_data=(X, y, np.ones(len(y))))
     with pytest.raises(InvalidDataError, match="X must be a dask array"):
         nd.fit(model, X, y)
     assert model.optimizer is None and model.epochs_trained == 0

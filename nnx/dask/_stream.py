@@ -236,6 +236,13 @@ def _validation_data(model: Any, validation_data: Any) -> tuple[Any, Any]:
     """(encoded in-memory data, None) or (None, dask pair)."""
     if validation_data is None:
         return None, None
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise InvalidParameterError(
+            f"{_WHERE}: validation_data must be a pair (X_val, y_val) (sample weights are "
+            f"not supported here); received "
+            f"{type(validation_data).__name__}"
+            + (f" of {len(validation_data)} items." if isinstance(validation_data, (tuple, list))
+               else "."))
     Xv, yv = validation_data
     if isinstance(Xv, da.Array):
         Xv = as_rows(Xv, _WHERE, "validation_data[0]", model.n_in)
