@@ -300,6 +300,45 @@ def test_stream_fit_bad_block_leaves_the_model_unchanged():
     assert model.epochs_trained == 0 and model.optimizer is None
 
 
+@pytest.mark.parametrize("batch_size", [None, 10])
+def test_stream_fit_with_weights_is_sequential_fit_with_weights(batch_size):
+    """Integer weights, zeros among them, and a whole block of zero weights: in block order
+    (no shuffle) with batches that divide the blocks, the streamed epochs are
+    Sequential.fit's weighted epochs (whose weights equal duplicated and removed rows:
+    tests/test_sample_weight.py)."""
+    X, y = moons()
+    w = np.random.default_rng(1).integers(0, 4, size=len(y)).astype(float)
+    w[70:200] = 0  # the middle block weighs nothing
+    Xd, yd = as_dask(X, y)
+    streamed, expected = classifier(), classifier()
+    history = nd.fit(streamed, Xd, yd, sample_weight=da.from_array(w, chunks=(ROWS,)),
+                     epochs=4, lr=0.5, batch_size=batch_size, shuffle=False)
+    want = expected.fit(X, y, sample_weight=w, epochs=4, lr=0.5, batch_size=batch_size,
+                        shuffle=False)
+    assert max_diff(streamed, expected) <= 1e-14
+    np.testing.assert_allclose(history["loss"], want["loss"], rtol=1e-13)
+    np.testing.assert_allclose(history["accuracy"], want["accuracy"], rtol=1e-13)
+
+
+def test_stream_fit_refuses_bad_weights_and_changes_nothing():
+    X, y = moons()
+    Xd, yd = as_dask(X, y)
+    model = classifier()
+    before = model.get_weights()
+    bad = np.ones(len(y))
+    bad[220] = -1.0  # in the last block: found when that block is read, mid-epoch
+    with pytest.raises(InvalidDataError, match=r"row block 2.*sample_weight must be finite "
+                                               r"numbers >= 0; received -1"):
+        nd.fit(model, Xd, yd, sample_weight=bad, epochs=2, shuffle=False)
+    with pytest.raises(InvalidDataError, match="sample_weight must have shape"):
+        nd.fit(model, Xd, yd, sample_weight=np.ones((len(y), 2)))
+    with pytest.raises(InvalidDataError, match="not all 0; their sum is 0.0"):
+        nd.fit(model, Xd, yd, sample_weight=np.zeros(len(y)))
+    assert model.epochs_trained == 0
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_stream_fit_refuses_bad_arguments():
     X, y = moons()
     Xd, yd = as_dask(X, y)

@@ -27,22 +27,34 @@ _WHERE = "nnx.dask.fit"
 
 
 class _Blocks:
-    """The row blocks of `X` and `y`, read (``dask.compute``) and encoded for the model:
-    ``(X, Y, labels)`` on its device."""
+    """The row blocks of `X`, `y` (and the sample weights `w`), read (``dask.compute``) and
+    encoded for the model: ``(X, Y, labels, weight)`` on its device, `weight` a column
+    ``(rows, 1)`` or None."""
 
-    def __init__(self, model: Any, X: da.Array, y: da.Array) -> None:
+    def __init__(self, model: Any, X: da.Array, y: da.Array, w: da.Array | None) -> None:
         self.model = model
-        self.parts = list(zip(X.to_delayed().ravel(), y.to_delayed().ravel()))
+        parts = [X.to_delayed().ravel(), y.to_delayed().ravel()]
+        if w is not None:
+            parts.append(w.to_delayed().ravel())
+        self.parts = list(zip(*parts))
         self.rows = X.chunks[0]
 
     def __len__(self) -> int:
         return len(self.parts)
 
-    def load(self, i: int) -> tuple[Any, Any, Any]:
+    def load(self, i: int) -> tuple[Any, Any, Any, Any]:
         model = self.model
-        Xc, yc = dask.compute(*self.parts[i])
-        Xd, Y = model.encode(Xc, yc, where=f"{_WHERE} (row block {i})")
-        return Xd, Y, labels_of(model, Y)
+        where = f"{_WHERE} (row block {i})"
+        Xc, yc, *wc = dask.compute(*self.parts[i])
+        Xd, Y = model.encode(Xc, yc, where=where)
+        weight = None
+        if wc:
+            w = np.asarray(wc[0], dtype=np.float64)
+            if not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise InvalidDataError(f"{where}: sample_weight must be finite numbers >= 0; "
+                                       f"received {float(w[~np.isfinite(w) | (w < 0)][0]):g}.")
+            weight = model.backend.asarray(w.reshape(-1, 1), dtype=model.dtype)
+        return Xd, Y, labels_of(model, Y), weight
 
 
 def labels_of(model: Any, Y: Any) -> Any:
@@ -65,12 +77,16 @@ class StreamTrainer(Trainer):
 
     def __init__(self, model: Any, blocks: _Blocks, n: int, val: Any, val_lazy: Any,
                  epochs: int, batch_size: int | None, shuffle: bool, callbacks: list[Any],
-                 verbose: bool | None, sync_every: int, prefetch: bool) -> None:
+                 verbose: bool | None, sync_every: int, prefetch: bool,
+                 total_weight: float | None = None) -> None:
         labels = True if model.head.classifier else None  # only "is there accuracy" is read
         super().__init__(model, _Rows(n), None, labels, val, epochs, batch_size, shuffle,
                          callbacks, verbose, sync_every)
         self.full_batch = batch_size is None
-        self.blocks, self.n, self.val_lazy = blocks, n, val_lazy
+        self.blocks, self.val_lazy = blocks, val_lazy
+        # What the epoch's sums are divided by: the rows, or the weights' sum.
+        self.n = n if total_weight is None else total_weight
+        self.counted["accuracy"] = self.n
         if val_lazy is not None:
             self.counted["val_accuracy"] = val_lazy[0].shape[0]
         self.prefetch = prefetch
@@ -116,7 +132,7 @@ class StreamTrainer(Trainer):
         sums: list[Any] | None = None
         batches = None if self.full_batch else EpochSums(model)
         for j, i in enumerate(order):
-            Xd, Y, labels = self._take(int(i))
+            Xd, Y, labels, weight = self._take(int(i))
             n_c = Xd.shape[0]
             perm = model.rng.permutation(n_c) if self.shuffle and not self.full_batch else None
             # The next block is read while this one trains (the next epoch's first block,
@@ -128,12 +144,14 @@ class StreamTrainer(Trainer):
                 self._next_order = self._order()
                 self._start(int(self._next_order[0]))
             if self.full_batch:
-                loss, hit, sums = self._accumulate(Xd, Y, labels, sums)
+                if weight is not None and not bool(model.xp.any(weight > 0)):
+                    continue  # a block whose weights are all 0 adds nothing
+                loss, hit, sums = self._accumulate(Xd, Y, labels, weight, sums)
                 total = loss if total is None else total + loss
                 if hit is not None:
                     correct = hit if correct is None else correct + hit
             else:
-                self._train_block(Xd, Y, labels, perm, batches)
+                self._train_block(Xd, Y, labels, weight, perm, batches)
         if batches is not None:
             total, correct = batches.totals()
         if self.full_batch:
@@ -148,7 +166,8 @@ class StreamTrainer(Trainer):
         figures.update(self._validation())
         return figures
 
-    def _train_block(self, Xd: Any, Y: Any, labels: Any, perm: Any, sums: EpochSums) -> None:
+    def _train_block(self, Xd: Any, Y: Any, labels: Any, weight: Any, perm: Any,
+                     sums: EpochSums) -> None:
         model, xp = self.model, self.model.xp
         n_c = Xd.shape[0]
         idx = None if perm is None else model.backend.asarray(perm)
@@ -156,21 +175,31 @@ class StreamTrainer(Trainer):
             if idx is None:
                 Xb, Yb = Xd[rows, ...], Y[rows, ...]
                 lb = None if labels is None else labels[rows, ...]
+                wb = None if weight is None else weight[rows, ...]
             else:
                 take = idx[rows]
                 Xb, Yb = xp.take(Xd, take, axis=0), xp.take(Y, take, axis=0)
                 lb = None if labels is None else xp.take(labels, take, axis=0)
-            loss, out = model.train_step(Xb, Yb)
-            sums.add(loss, out.shape[0], out, lb)
+                wb = None if weight is None else xp.take(weight, take, axis=0)
+            if wb is None:
+                loss, out = model.train_step(Xb, Yb)
+                sums.add(loss, out.shape[0], out, lb)
+                continue
+            # As Sequential.fit: the batch's weighted mean (a batch of 0 weights adds nothing).
+            mass = xp.sum(wb)
+            loss, out = model.train_step(
+                Xb, Yb, weight=wb / xp.where(mass > 0, mass, xp.ones_like(mass)))
+            sums.add(loss, mass, out, lb, wb)
 
-    def _accumulate(self, Xd: Any, Y: Any, labels: Any, sums: list[Any] | None
+    def _accumulate(self, Xd: Any, Y: Any, labels: Any, weight: Any, sums: list[Any] | None
                     ) -> tuple[Any, Any, list[Any]]:
         model = self.model
-        n_c = Xd.shape[0]
+        # The block's share: its rows, or its weights' sum.
+        n_c = Xd.shape[0] if weight is None else model.xp.sum(weight)
         hit = None
         if labels is not None:
-            hit = model.evaluate_encoded(Xd, Y, labels)["accuracy"]
-        loss, grads = model.gradients(Xd, Y, encoded=True)
+            hit = model.evaluate_encoded(Xd, Y, labels, weight=weight)["accuracy"]
+        loss, grads = model.gradients(Xd, Y, weight, encoded=True)
         scaled = [g * n_c for g in grads]
         sums = scaled if sums is None else [s + g for s, g in zip(sums, scaled)]
         return loss * n_c, hit, sums
@@ -198,7 +227,8 @@ class StreamTrainer(Trainer):
         self._restore(params, epochs_trained)
         # Already not finite at the starting weights (checked on the first block): the data
         # overflow the model's dtype; no learning rate is to blame.
-        initial = float(model.evaluate_encoded(*self.blocks.load(0))["loss"])
+        Xd, Y, labels, weight = self.blocks.load(0)
+        initial = float(model.evaluate_encoded(Xd, Y, labels, weight=weight)["loss"])
         if not math.isfinite(initial):
             raise NonFiniteLossError(
                 f"{_WHERE}: {what}, but the loss is already {initial} on the first row block "
@@ -223,6 +253,24 @@ def l2_term(model: Any) -> Any:
                 w = model.xp.reshape(p, (-1,))
                 total = total + w @ w
     return (model.l2 / 2) * total
+
+
+def _weights(sample_weight: Any, X: da.Array) -> tuple[da.Array | None, float | None]:
+    """The weights as a dask array of `X`'s row blocks and their sum (read once, here)."""
+    if sample_weight is None:
+        return None, None
+    w = as_targets(sample_weight, X, _WHERE, "sample_weight")
+    if w.ndim == 2 and w.shape[1] == 1:
+        w = w[:, 0]
+    if w.ndim != 1:
+        raise InvalidDataError(f"{_WHERE}: sample_weight must have shape ({X.shape[0]},), one "
+                               f"weight per row; received shape {w.shape}.")
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = float(w.astype(np.float64).sum().compute())
+    if not math.isfinite(total) or total <= 0:
+        raise InvalidDataError(f"{_WHERE}: sample_weight must be finite numbers >= 0, not all "
+                               f"0; their sum is {total!r}.")
+    return w, total
 
 
 class _Rows:
@@ -251,7 +299,8 @@ def _validation_data(model: Any, validation_data: Any) -> tuple[Any, Any]:
     return (Xd, Y, labels_of(model, Y)), None
 
 
-def fit(model: Any, X: Any, y: Any, *, epochs: int = 1, lr: float | None = None,
+def fit(model: Any, X: Any, y: Any, *, sample_weight: Any = None, epochs: int = 1,
+        lr: float | None = None,
         l2: float | None = None, batch_size: int | None = 32, optimizer: Any = None,
         schedule: Any = None, shuffle: bool = True, validation_data: Any = None,
         callbacks: Any = (), early_stopping: Any = None, verbose: bool | None = None,
@@ -267,6 +316,10 @@ def fit(model: Any, X: Any, y: Any, *, epochs: int = 1, lr: float | None = None,
         in memory twice over (the next one is read while the current one trains).
     y : dask.array.Array or array, shape (n_samples,) or (n_samples, n_out)
         Rechunked to the row blocks of `X`.
+    sample_weight : dask.array.Array or array, shape (n_samples,), optional
+        Each row's weight, as ``Sequential.fit``'s: a batch's loss is its weighted mean, the
+        epoch's the weighted mean over all rows (a block of 0 weights adds nothing; the sum
+        is computed once, before training, and must be > 0).
     epochs, lr, l2, optimizer, schedule, callbacks, early_stopping, verbose, sync_every
         As ``Sequential.fit``.
     batch_size : int or None
@@ -295,6 +348,7 @@ def fit(model: Any, X: Any, y: Any, *, epochs: int = 1, lr: float | None = None,
     y = as_targets(y, X, _WHERE)
     if X.shape[0] == 0:
         raise InvalidDataError(f"{_WHERE}: X has no rows.")
+    w, total_weight = _weights(sample_weight, X)
     if any(getattr(layer, "adapted", True) is False for layer in model.layers):
         raise InvalidParameterError(
             f"{_WHERE}: the model has a layer that adapts to its data (Standardize) and has "
@@ -302,9 +356,9 @@ def fit(model: Any, X: Any, y: Any, *, epochs: int = 1, lr: float | None = None,
             "scale from X.mean(axis=0) and X.std(axis=0) computed with dask).")
     val, val_lazy = _validation_data(model, validation_data)
     sync = 1 if settings.callbacks or validation_data is not None else settings.sync_every
-    trainer = StreamTrainer(model, _Blocks(model, X, y), X.shape[0], val, val_lazy,
+    trainer = StreamTrainer(model, _Blocks(model, X, y, w), X.shape[0], val, val_lazy,
                             settings.epochs, settings.batch_size, settings.shuffle,
-                            settings.callbacks, settings.verbose, sync, prefetch)
+                            settings.callbacks, settings.verbose, sync, prefetch, total_weight)
     before = (model.parameters(), model.epochs_trained, model.optimizer,
               None if model.optimizer is None else dict(vars(model.optimizer)),
               model.history, model.l2)
