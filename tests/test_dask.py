@@ -330,6 +330,10 @@ def test_stream_fit_refuses_bad_weights_and_changes_nothing():
     with pytest.raises(InvalidDataError, match=r"row block 2.*sample_weight must be finite "
                                                r"numbers >= 0; received -1"):
         nd.fit(model, Xd, yd, sample_weight=bad, epochs=2, shuffle=False)
+    bad[220] = np.nan  # caught by the sum read before training
+    with pytest.raises(InvalidDataError, match=r"finite numbers >= 0, not all 0; their sum is nan"):
+        nd.fit(model, Xd, yd, sample_weight=da.from_array(bad, chunks=(ROWS,)), epochs=2,
+               shuffle=False)
     with pytest.raises(InvalidDataError, match="sample_weight must have shape"):
         nd.fit(model, Xd, yd, sample_weight=np.ones((len(y), 2)))
     with pytest.raises(InvalidDataError, match="not all 0; their sum is 0.0"):

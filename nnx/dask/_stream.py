@@ -49,11 +49,16 @@ class _Blocks:
         Xd, Y = model.encode(Xc, yc, where=where)
         weight = None
         if wc:
-            w = np.asarray(wc[0], dtype=np.float64)
-            if not np.all(np.isfinite(w)) or np.any(w < 0):
+            # Checked on the device, in the model's dtype (the blocks may be CuPy's).
+            xp = model.xp
+            with np.errstate(over="ignore"):
+                weight = xp.reshape(model.backend.asarray(wc[0], dtype=model.dtype), (-1, 1))
+            if not bool(xp.all(xp.isfinite(weight))):
+                raise InvalidDataError(f"{where}: sample_weight must be finite numbers >= 0 "
+                                       f"(in {model.dtype_name}); received NaN or inf.")
+            if bool(xp.any(weight < 0)):
                 raise InvalidDataError(f"{where}: sample_weight must be finite numbers >= 0; "
-                                       f"received {float(w[~np.isfinite(w) | (w < 0)][0]):g}.")
-            weight = model.backend.asarray(w.reshape(-1, 1), dtype=model.dtype)
+                                       f"received {float(xp.min(weight)):g}.")
         return Xd, Y, labels_of(model, Y), weight
 
 
