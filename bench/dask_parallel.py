@@ -123,7 +123,7 @@ def main() -> None:
     model_mb = sum(w.nbytes for w in network(args.dtype).get_weights()) / 1e6
     local = local_step_seconds(X[:args.rows], y[:args.rows], args.dtype, 12)
     cluster = LocalCluster(n_workers=args.workers, processes=True, threads_per_worker=1,
-                           host="127.0.0.1", dashboard_address=None)
+                           host="127.0.0.1", dashboard_address=":0")
     client = Client(cluster)
     try:
         Xd = da.from_array(X, chunks=(args.rows, 64)).persist()

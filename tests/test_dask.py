@@ -27,7 +27,7 @@ ROWS = (70, 130, 50)  # unequal blocks: an unweighted mean of shards would be wr
 @pytest.fixture(scope="module")
 def client():
     cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                       host="127.0.0.1", dashboard_address=None)
+                                       host="127.0.0.1", dashboard_address=":0")
     with distributed.Client(cluster) as c:
         yield c
     cluster.close()
@@ -431,6 +431,10 @@ def test_fit_parallel_shuffled_minibatches_train_and_repeat_with_the_seed(client
     pytest.importorskip("torch.distributed")
     X, y = moons()
     Xd, yd = as_dask(X, y)
+    # A run depends on which worker holds which block (a worker's rows make its share of a
+    # step): the blocks are placed once, as a user persisting X before training does.
+    Xd = Xd.persist()
+    distributed.wait(Xd)
     runs = []
     for _ in range(2):
         model = classifier(seed=3)
@@ -444,6 +448,7 @@ def test_fit_parallel_shuffled_minibatches_train_and_repeat_with_the_seed(client
     assert losses[-1] < 0.75 * losses[0]  # it trains
     assert max_diff(first, second) == 0 and losses == again  # one seed, one run
     assert max_diff(first, in_order) > 1e-6  # the rows were visited in another order
+    del Xd
 
 
 def test_fit_parallel_rolls_back_on_divergence(client):

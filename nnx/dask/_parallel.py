@@ -290,7 +290,8 @@ def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, epochs: int = 1,
     shuffle : bool
         With `batch_size`, each worker visits its rows in a new order every epoch (drawn from
         a seed taken from ``model.rng`` once per call, the worker's rank and the epoch);
-        False: in the order of its blocks.
+        False: in the order of its blocks. A minibatch run depends on which worker holds
+        which blocks too: persist `X` once to repeat a run exactly.
     reduction : {'collective', 'client'}
         How the gradients combine: a torch.distributed all-reduce among the workers, or
         through the client (nothing but dask needed).
