@@ -7,7 +7,8 @@ that what the data adds is visible. Run from the repository root:
     python bench/dask_memory.py --gb 0.5 1.0 --fit-gb 0.25 --dir /tmp
 
 ``--naive`` adds ``da.from_array(np.load(path, mmap_mode="r"))``, the way that hashes (and in
-dask 2026.x copies) the whole memmap (dask #11850), for comparison.
+dask 2026.x copies) the whole memmap (dask #11850), and ``--load`` loading the whole file
+first (``model.predict(np.load(path))``), for comparison.
 """
 
 from __future__ import annotations
@@ -73,11 +74,17 @@ def child(kind: str, x_path: str, y_path: str, chunk_rows: int) -> dict:
     start = time.perf_counter()
     if kind == "naive":
         X = da.from_array(np.load(x_path, mmap_mode="r"), chunks=(chunk_rows, N_IN))
+    elif kind == "load":
+        X = np.load(x_path)
     else:
         X = nd.read_npy(x_path, chunk_rows=chunk_rows)
     graph_s = time.perf_counter() - start
     first = np.array(np.load(x_path, mmap_mode="r")[:1000])
-    if kind in ("predict", "naive"):
+    if kind == "load":
+        labels = net.predict(X)
+        check = bool(np.array_equal(labels[:1000], net.predict(first)))
+        extra = {"rows": int(labels.shape[0])}
+    elif kind in ("predict", "naive"):
         labels = nd.predict(net, X).compute()
         check = bool(np.array_equal(labels[:1000], net.predict(first)))
         extra = {"rows": int(labels.shape[0])}
@@ -111,6 +118,7 @@ def main() -> None:
     parser.add_argument("--chunk-mb", type=float, default=32.0, help="block size for predict")
     parser.add_argument("--fit-chunk-mb", type=float, default=16.0, help="block size for fit")
     parser.add_argument("--naive", action="store_true")
+    parser.add_argument("--load", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the data files")
     parser.add_argument("--child", nargs=4, metavar=("KIND", "X", "Y", "ROWS"))
     args = parser.parse_args()
@@ -124,7 +132,8 @@ def main() -> None:
     for gb in args.gb:
         x_path, y_path = make_files(args.dir, gb)
         made += [x_path, y_path]
-        kinds = ["predict", "predict-sum"] + (["naive"] if args.naive else [])
+        kinds = (["predict", "predict-sum"] + (["naive"] if args.naive else [])
+                 + (["load"] if args.load else []))
         for kind in kinds:
             results.append(run_child(kind, x_path, y_path, rows_of(args.chunk_mb)))
             print(json.dumps(results[-1]), flush=True)

@@ -427,6 +427,93 @@ def test_fit_parallel_minibatches_are_train_steps_on_the_global_batches(client, 
     del held
 
 
+def weights_with_zeros(n, seed=1):
+    """Integer weights, zeros among them, and the middle block (rows 70-199) all 0."""
+    w = np.random.default_rng(seed).integers(0, 4, size=n).astype(float)
+    w[70:200] = 0
+    return w
+
+
+@pytest.mark.parametrize("reduction", ["collective", "client"])
+def test_fit_parallel_with_weights_is_sequential_fit_with_weights(client, reduction):
+    if reduction == "collective":
+        pytest.importorskip("torch.distributed")
+    X, y = moons()
+    w = weights_with_zeros(len(y))
+    Xd, yd = as_dask(X, y)
+    model, expected = classifier(), classifier()
+    history = nd.fit_parallel(model, Xd, yd, client=client, sample_weight=w, epochs=20,
+                              lr=0.5, reduction=reduction)
+    want = expected.fit(X, y, sample_weight=w, epochs=20, lr=0.5)
+    assert max_diff(model, expected) <= 1e-14
+    np.testing.assert_allclose(history["loss"], want["loss"], rtol=1e-13)
+    # The weights matter: unweighted training ends elsewhere.
+    plain = classifier()
+    nd.fit_parallel(plain, Xd, yd, client=client, epochs=20, lr=0.5, reduction=reduction)
+    assert max_diff(plain, expected) > 1e-3
+
+
+@pytest.mark.parametrize("reduction", ["collective", "client"])
+def test_fit_parallel_weighted_minibatches_are_weighted_train_steps(client, reduction):
+    """As the unweighted replay above, each step a train_step on the global batch with its
+    weights divided by their sum (a batch that weighs 0 divides by 1, as Sequential.fit)."""
+    if reduction == "collective":
+        pytest.importorskip("torch.distributed")
+    X, y = moons()
+    w = weights_with_zeros(len(y))
+    Xd, yd = as_dask(X, y)
+    held = Xd.persist()
+    placement = nd.shard_placement(client, held)
+    starts = np.cumsum((0,) + ROWS)
+    ranks = [np.concatenate([np.arange(starts[i], starts[i + 1]) for i in placement[k]])
+             for k in sorted(placement)]
+    batch, epochs = 40, 3
+    steps = -(-len(X) // batch)
+    shares = [-(-len(r) // steps) for r in ranks]
+    for r, b in zip(ranks, shares):
+        w[r[b:2 * b]] = 0  # the second step's global batch weighs nothing
+    model, expected = classifier(), classifier()
+    history = nd.fit_parallel(model, held, yd, client=client, sample_weight=w,
+                              epochs=epochs, lr=0.5, batch_size=batch, shuffle=False,
+                              reduction=reduction)
+    expected.set_optimizer("sgd", lr=0.5)
+    Xe, Ye = expected.encode(X, y)
+    want, empty = [], 0
+    for _ in range(epochs):
+        total = 0.0
+        for s in range(steps):
+            rows = np.concatenate([r[s * b:(s + 1) * b] for r, b in zip(ranks, shares)])
+            mass = w[rows].sum()
+            empty += mass == 0
+            loss, _ = expected.train_step(Xe[rows], Ye[rows],
+                                          weight=(w[rows] / (mass or 1.0))[:, None])
+            total += float(loss) * mass
+        want.append(total / w.sum())
+    assert empty == epochs  # one step an epoch whose global batch weighs nothing
+    assert max_diff(model, expected) <= 1e-14
+    np.testing.assert_allclose(history["loss"], want, rtol=1e-13)
+    del held
+
+
+def test_fit_parallel_refuses_bad_weights_and_changes_nothing(client):
+    X, y = moons()
+    Xd, yd = as_dask(X, y)
+    model = classifier()
+    before = model.get_weights()
+    bad = np.ones(len(y))
+    bad[220] = -1.0  # found on the worker that holds the last block
+    with pytest.raises(InvalidDataError, match=r"shard \d of rank \d.*sample_weight must be "
+                                               r"finite numbers >= 0; received -1"):
+        nd.fit_parallel(model, Xd, yd, client=client, sample_weight=bad, reduction="client")
+    with pytest.raises(InvalidDataError, match="not all 0; their sum is 0.0"):
+        nd.fit_parallel(model, Xd, yd, client=client, sample_weight=np.zeros(len(y)))
+    with pytest.raises(InvalidDataError, match="sample_weight must have shape"):
+        nd.fit_parallel(model, Xd, yd, client=client, sample_weight=np.ones((len(y), 2)))
+    assert model.optimizer is None and model.epochs_trained == 0
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_fit_parallel_shuffled_minibatches_train_and_repeat_with_the_seed(client):
     pytest.importorskip("torch.distributed")
     X, y = moons()

@@ -36,7 +36,7 @@ from nnx._validation import check_choice, check_real
 from nnx.backends import to_numpy
 from nnx.callbacks import History
 from nnx.dask._predict import as_rows, as_targets, check_model
-from nnx.dask._stream import l2_term
+from nnx.dask._stream import dask_weights, l2_term, weight_column
 from nnx.errors import (
     InvalidDataError,
     InvalidParameterError,
@@ -52,36 +52,49 @@ _STATE: dict[tuple[str, int], dict[str, Any]] = {}
 
 
 # -- on the workers ---------------------------------------------------------------------------
-def _prepare(key: tuple[str, int], model: Any, xs: list[Any], ys: list[Any]) -> int:
-    """Copy the model, check and encode the worker's shards; the number of rows. (For
-    minibatches :func:`_batch_rows` joins the shards into one array, once.)"""
+def _prepare(key: tuple[str, int], model: Any, xs: list[Any], ys: list[Any],
+             ws: list[Any] | None) -> int:
+    """Copy the model, check and encode the worker's shards ``(X, Y, weight column or
+    None)``; the number of rows. (For minibatches :func:`_batch_rows` joins the shards into
+    one array, once.)"""
     replica = pickle.loads(pickle.dumps(model))  # the scattered original stays untouched
     shards = []
     for i, (Xc, yc) in enumerate(zip(xs, ys)):
+        where = f"{_WHERE} (shard {i} of rank {key[1]})"
         # Arrays received over the network may be unaligned or read-only views.
         Xc = np.require(Xc, requirements="CA")
         yc = np.require(yc, requirements="CA")
-        shards.append(replica.encode(Xc, yc, where=f"{_WHERE} (shard {i} of rank {key[1]})"))
+        Xd, Y = replica.encode(Xc, yc, where=where)
+        weight = (None if ws is None
+                  else weight_column(replica, np.require(ws[i], requirements="CA"), where))
+        shards.append((Xd, Y, weight))
     _STATE[key] = {"model": replica, "shards": shards}
-    return sum(int(X.shape[0]) for X, _ in shards)
+    return sum(int(X.shape[0]) for X, _, _ in shards)
 
 
-def _local_sum(model: Any, shards: list[tuple[Any, Any]]) -> Any:
-    """``[sum_c n_c g_c (flattened) ..., sum_c n_c loss_c]`` as one 1-D device array (zeros
-    when the shards have no rows: a worker with nothing left in a step adds nothing)."""
+def _local_sum(model: Any, shards: list[tuple[Any, Any, Any]]) -> Any:
+    """``[sum_c m_c g_c (flattened) ..., sum_c m_c loss_c, sum_c m_c]`` as one 1-D device
+    array, ``m_c`` a shard's rows or its weights' sum (zeros when the shards have no rows
+    or no weight: a worker with nothing left in a step adds nothing)."""
     xp = model.xp
-    shards = [(Xd, Y) for Xd, Y in shards if Xd.shape[0] > 0]
-    if not shards:
-        size = sum(math.prod(p.shape) for p in model.trained_parameters()) + 1
-        return xp.zeros((size,), dtype=model.dtype, device=model.backend.device)
-    sums, loss = None, None
-    for Xd, Y in shards:
-        n_c = Xd.shape[0]
-        part_loss, grads = model.gradients(Xd, Y, encoded=True)
-        scaled = [g * n_c for g in grads]
+    sums, loss, mass = None, None, None
+    for Xd, Y, weight in shards:
+        if Xd.shape[0] == 0:
+            continue
+        m_c = Xd.shape[0] if weight is None else xp.sum(weight)
+        if weight is not None and not bool(m_c > 0):
+            continue  # the weighted mean of rows that all weigh 0 is not defined
+        part_loss, grads = model.gradients(Xd, Y, weight, encoded=True)
+        scaled = [g * m_c for g in grads]
         sums = scaled if sums is None else [s + g for s, g in zip(sums, scaled)]
-        loss = part_loss * n_c if loss is None else loss + part_loss * n_c
-    return xp.concat([xp.reshape(s, (-1,)) for s in sums] + [xp.reshape(loss, (1,))])
+        loss = part_loss * m_c if loss is None else loss + part_loss * m_c
+        mass = m_c if mass is None else mass + m_c
+    if sums is None:
+        size = sum(math.prod(p.shape) for p in model.trained_parameters()) + 2
+        return xp.zeros((size,), dtype=model.dtype, device=model.backend.device)
+    tail = xp.stack([xp.asarray(loss, dtype=model.dtype, device=model.backend.device),
+                     xp.asarray(mass, dtype=model.dtype, device=model.backend.device)])
+    return xp.concat([xp.reshape(s, (-1,)) for s in sums] + [tail])
 
 
 def _split(model: Any, total: Any, n: float) -> tuple[list[Any], float]:
@@ -96,15 +109,19 @@ def _split(model: Any, total: Any, n: float) -> tuple[list[Any], float]:
     return grads, float(total[start]) / n
 
 
-def _step(model: Any, total: Any, n: float) -> float:
-    """One update from the summed buffer of a step's `n` rows; the objective at the weights
-    before it (no update when it is not finite)."""
-    grads, loss = _split(model, total, n)
+def _step(model: Any, total: Any, rows: float, weighted: bool) -> tuple[float, float]:
+    """One update from the summed buffer of a step of `rows` rows; the objective at the
+    weights before it (no update when it is not finite) and the step's share of the epoch
+    (its rows, or with sample weights their sum, read from the buffer). As
+    ``Sequential.fit``, a step whose rows all weigh 0 has a data loss and gradient of 0 (the
+    optimizer still steps, with its L2 term)."""
+    share = float(total[-1]) if weighted else rows
+    grads, loss = _split(model, total, share if share > 0 else 1.0)
     objective = loss + float(l2_term(model))
     if math.isfinite(objective):
         model.optimizer.epoch = model.epochs_trained
         model.apply_gradients(grads)
-    return objective
+    return objective, share
 
 
 class _Plan:
@@ -113,9 +130,9 @@ class _Plan:
     ``batch_size=None``: one step of every row (full batch)."""
 
     def __init__(self, sizes: list[int], batch_size: int | None, shuffle: bool,
-                 seed: int | None) -> None:
+                 seed: int | None, weighted: bool = False) -> None:
         n = sum(sizes)
-        self.sizes, self.shuffle, self.seed = sizes, shuffle, seed
+        self.sizes, self.shuffle, self.seed, self.weighted = sizes, shuffle, seed, weighted
         self.full = batch_size is None or batch_size >= n
         self.steps = 1 if self.full else -(-n // batch_size)
         self.local = [-(-n_k // self.steps) for n_k in sizes]
@@ -125,10 +142,11 @@ class _Plan:
         return float(sum(max(0, min(b, n_k - step * b))
                          for b, n_k in zip(self.local, self.sizes)))
 
-    def epoch(self, rows_per_step: list[float], objectives: list[float]) -> float:
-        """The epoch's figure, the rows-weighted mean of its steps' objectives (as
-        ``Sequential.fit`` reports a minibatch epoch)."""
-        return sum(r * o for r, o in zip(rows_per_step, objectives)) / sum(self.sizes)
+    @staticmethod
+    def epoch(shares: list[float], objectives: list[float]) -> float:
+        """The epoch's figure, the mean of its steps' objectives weighted by their shares
+        (rows, or weights' sums), as ``Sequential.fit`` reports a minibatch epoch."""
+        return sum(r * o for r, o in zip(shares, objectives)) / sum(shares)
 
 
 def _batch_rows(state: dict[str, Any], plan: _Plan, rank: int, epoch: int,
@@ -140,18 +158,21 @@ def _batch_rows(state: dict[str, Any], plan: _Plan, rank: int, epoch: int,
     xp = model.xp
     if "joined" not in state:
         shards = state.pop("shards")
-        state["joined"] = (xp.concat([X for X, _ in shards], axis=0),
-                           xp.concat([Y for _, Y in shards], axis=0))
-    X, Y = state["joined"]
+        state["joined"] = (xp.concat([X for X, _, _ in shards], axis=0),
+                           xp.concat([Y for _, Y, _ in shards], axis=0),
+                           None if shards[0][2] is None
+                           else xp.concat([W for _, _, W in shards], axis=0))
+    X, Y, W = state["joined"]
     b = plan.local[rank]
     if not plan.shuffle:
         rows = slice(min(step * b, X.shape[0]), min((step + 1) * b, X.shape[0]))
-        return [(X[rows, ...], Y[rows, ...])]
+        return [(X[rows, ...], Y[rows, ...], None if W is None else W[rows, ...])]
     if state.get("order_epoch") != epoch:
         order = np.random.default_rng([plan.seed, rank, epoch]).permutation(X.shape[0])
         state["order"], state["order_epoch"] = model.backend.asarray(order), epoch
     take = state["order"][min(step * b, X.shape[0]):min((step + 1) * b, X.shape[0])]
-    return [(xp.take(X, take, axis=0), xp.take(Y, take, axis=0))]
+    return [(xp.take(X, take, axis=0), xp.take(Y, take, axis=0),
+             None if W is None else xp.take(W, take, axis=0))]
 
 
 def _collective(key: tuple[str, int], world: int, host: str, port: int, backend: str,
@@ -198,13 +219,15 @@ def _epochs(model: Any, plan: _Plan, epochs: int, summed: Any) -> list[float]:
     previous = None
     for _ in range(epochs):
         start, epoch = model.trained_parameters(), model.epochs_trained
-        rows, objectives = [], []
+        shares, objectives = [], []
         for step in range(plan.steps):
-            rows.append(plan.rows(step))
-            objectives.append(_step(model, summed(epoch, step), rows[-1]))
-            if not math.isfinite(objectives[-1]):
+            objective, share = _step(model, summed(epoch, step), plan.rows(step),
+                                     plan.weighted)
+            objectives.append(objective)
+            shares.append(share)
+            if not math.isfinite(objective):
                 break
-        figure = (plan.epoch(rows, objectives) if math.isfinite(objectives[-1])
+        figure = (plan.epoch(shares, objectives) if math.isfinite(objectives[-1])
                   else objectives[-1])
         losses.append(figure)
         if not math.isfinite(figure):
@@ -259,7 +282,8 @@ def shard_placement(client: Any, X: Any) -> dict[str, list[int]]:
     return placement
 
 
-def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, epochs: int = 1,
+def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, sample_weight: Any = None,
+                 epochs: int = 1,
                  lr: float | None = None, l2: float | None = None, optimizer: Any = None,
                  schedule: Any = None, batch_size: int | None = None, shuffle: bool = True,
                  reduction: str = "collective", collective_backend: str = "gloo",
@@ -276,6 +300,11 @@ def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, epochs: int = 1,
         it holds.
     y : dask.array.Array or array, shape (n_samples,) or (n_samples, n_out)
     client : dask.distributed.Client
+    sample_weight : dask.array.Array or array, shape (n_samples,), optional
+        Each row's weight, as ``Sequential.fit``'s: a step's loss is the weighted mean over
+        its global batch, the epoch's figure the weighted mean over all rows (the sum is
+        computed once, before training, and must be > 0; each shard's weights are checked
+        on its worker). Minibatch shares are still counted in rows.
     epochs : int
         Passes over the data.
     lr, l2, optimizer, schedule
@@ -331,14 +360,18 @@ def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, epochs: int = 1,
     if X.shape[0] == 0:
         raise InvalidDataError(f"{_WHERE}: X has no rows.")
 
-    X, y = client.persist([X, y])
-    wait([X, y])
+    weights, _ = dask_weights(sample_weight, X, _WHERE)
+
+    X, y, *weights = client.persist([X, y] + ([] if weights is None else [weights]))
+    wait([X, y] + weights)
     placement = shard_placement(client, X)
     x_futures = {f.key: f for f in futures_of(X)}
     y_futures = {f.key: f for f in futures_of(y)}
     x_keys = [k for row in X.__dask_keys__() for k in row]
     y_keys = list(y.__dask_keys__())
     y_keys = [k for row in y_keys for k in row] if y.ndim == 2 else y_keys
+    w_futures = {f.key: f for f in futures_of(weights[0])} if weights else {}
+    w_keys = list(weights[0].__dask_keys__()) if weights else []
     workers = sorted(placement)
 
     # The model as it will train: the optimizer chosen and set, sent to the workers once.
@@ -356,12 +389,14 @@ def fit_parallel(model: Any, X: Any, y: Any, *, client: Any, epochs: int = 1,
             client.submit(_prepare, keys[w], shared,
                           [x_futures[x_keys[i]] for i in placement[w]],
                           [y_futures[y_keys[i]] for i in placement[w]],
+                          [w_futures[w_keys[i]] for i in placement[w]] if w_keys else None,
                           workers=[w], allow_other_workers=False, pure=False)
             for w in workers])
         minibatches = settings.batch_size is not None and settings.batch_size < sum(rows)
         seed = (int(model.rng.integers(2**63)) if minibatches and settings.shuffle
                 else None)
-        plan = _Plan([int(r) for r in rows], settings.batch_size, settings.shuffle, seed)
+        plan = _Plan([int(r) for r in rows], settings.batch_size, settings.shuffle, seed,
+                     weighted=bool(w_keys))
         if reduction == "collective":
             trained, trained_opt, losses = _run_collective(
                 client, keys, workers, collective_backend, settings.epochs, plan, timeout)

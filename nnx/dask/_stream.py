@@ -47,19 +47,23 @@ class _Blocks:
         where = f"{_WHERE} (row block {i})"
         Xc, yc, *wc = dask.compute(*self.parts[i])
         Xd, Y = model.encode(Xc, yc, where=where)
-        weight = None
-        if wc:
-            # Checked on the device, in the model's dtype (the blocks may be CuPy's).
-            xp = model.xp
-            with np.errstate(over="ignore"):
-                weight = xp.reshape(model.backend.asarray(wc[0], dtype=model.dtype), (-1, 1))
-            if not bool(xp.all(xp.isfinite(weight))):
-                raise InvalidDataError(f"{where}: sample_weight must be finite numbers >= 0 "
-                                       f"(in {model.dtype_name}); received NaN or inf.")
-            if bool(xp.any(weight < 0)):
-                raise InvalidDataError(f"{where}: sample_weight must be finite numbers >= 0; "
-                                       f"received {float(xp.min(weight)):g}.")
+        weight = weight_column(model, wc[0], where) if wc else None
         return Xd, Y, labels_of(model, Y), weight
+
+
+def weight_column(model: Any, w: Any, where: str) -> Any:
+    """A block's sample weights as a column ``(rows, 1)`` in the model's dtype on its device,
+    checked there (the blocks may be CuPy's): finite and >= 0."""
+    xp = model.xp
+    with np.errstate(over="ignore"):
+        weight = xp.reshape(model.backend.asarray(w, dtype=model.dtype), (-1, 1))
+    if not bool(xp.all(xp.isfinite(weight))):
+        raise InvalidDataError(f"{where}: sample_weight must be finite numbers >= 0 "
+                               f"(in {model.dtype_name}); received NaN or inf.")
+    if bool(xp.any(weight < 0)):
+        raise InvalidDataError(f"{where}: sample_weight must be finite numbers >= 0; "
+                               f"received {float(xp.min(weight)):g}.")
+    return weight
 
 
 def labels_of(model: Any, Y: Any) -> Any:
@@ -260,20 +264,21 @@ def l2_term(model: Any) -> Any:
     return (model.l2 / 2) * total
 
 
-def _weights(sample_weight: Any, X: da.Array) -> tuple[da.Array | None, float | None]:
+def dask_weights(sample_weight: Any, X: da.Array, where: str
+                 ) -> tuple[da.Array | None, float | None]:
     """The weights as a dask array of `X`'s row blocks and their sum (read once, here)."""
     if sample_weight is None:
         return None, None
-    w = as_targets(sample_weight, X, _WHERE, "sample_weight")
+    w = as_targets(sample_weight, X, where, "sample_weight")
     if w.ndim == 2 and w.shape[1] == 1:
         w = w[:, 0]
     if w.ndim != 1:
-        raise InvalidDataError(f"{_WHERE}: sample_weight must have shape ({X.shape[0]},), one "
+        raise InvalidDataError(f"{where}: sample_weight must have shape ({X.shape[0]},), one "
                                f"weight per row; received shape {w.shape}.")
     with np.errstate(invalid="ignore", over="ignore"):
         total = float(w.astype(np.float64).sum().compute())
     if not math.isfinite(total) or total <= 0:
-        raise InvalidDataError(f"{_WHERE}: sample_weight must be finite numbers >= 0, not all "
+        raise InvalidDataError(f"{where}: sample_weight must be finite numbers >= 0, not all "
                                f"0; their sum is {total!r}.")
     return w, total
 
@@ -353,7 +358,7 @@ def fit(model: Any, X: Any, y: Any, *, sample_weight: Any = None, epochs: int = 
     y = as_targets(y, X, _WHERE)
     if X.shape[0] == 0:
         raise InvalidDataError(f"{_WHERE}: X has no rows.")
-    w, total_weight = _weights(sample_weight, X)
+    w, total_weight = dask_weights(sample_weight, X, _WHERE)
     if any(getattr(layer, "adapted", True) is False for layer in model.layers):
         raise InvalidParameterError(
             f"{_WHERE}: the model has a layer that adapts to its data (Standardize) and has "
