@@ -144,6 +144,31 @@ def test_predict_and_evaluate_equal_in_memory():
             assert got[key] == pytest.approx(want[key], rel=1e-13, abs=0)
 
 
+def test_evaluate_with_weights_equals_in_memory():
+    X, cases = trained_models()
+    Xd = da.from_array(X, chunks=(ROWS, 2))
+    w = np.random.default_rng(2).uniform(0, 3, size=len(X))
+    w[70:200] = 0  # a block that weighs nothing adds nothing
+    for model, targets in cases:
+        got = nd.evaluate(model, Xd, targets, sample_weight=da.from_array(w, chunks=50))
+        want = model.evaluate(X, targets, sample_weight=w)
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-13, abs=0)
+        # The weights matter.
+        assert got["loss"] != pytest.approx(model.evaluate(X, targets)["loss"], rel=1e-3)
+    model, targets = cases[0]
+    bad = w.copy()
+    bad[220] = -1
+    with pytest.raises(InvalidDataError, match=r"nnx.dask.evaluate \(row block 2\):.*"
+                                               r"sample_weight must be >= 0"):
+        nd.evaluate(model, Xd, targets, sample_weight=bad)
+    with pytest.raises(InvalidDataError, match="sample_weight is 0 for every sample"):
+        nd.evaluate(model, Xd, targets, sample_weight=np.zeros(len(X)))
+    with pytest.raises(InvalidDataError, match="sample_weight must have shape"):
+        nd.evaluate(model, Xd, targets, sample_weight=np.ones((len(X), 2)))
+
+
 def test_predict_puts_the_model_in_the_graph_once():
     model = nnx.Sequential([nnx.Dense(2, 300, activation="tanh"),
                             nnx.Dense(300, 3, activation="softmax")], backend="numpy")
@@ -259,6 +284,33 @@ def test_stream_fit_validation_in_memory_and_dask():
         assert history["val_accuracy"][-1] == pytest.approx(final["accuracy"], abs=1e-12)
 
 
+def test_stream_fit_weighted_validation_is_sequential_fits():
+    """Validation weights, in memory or as dask arrays: the figures Sequential.fit logs
+    with the same validation weights (and not the unweighted ones)."""
+    X, y = moons()
+    Xv, yv = moons(100, seed=1)
+    wv = np.random.default_rng(3).integers(0, 4, size=len(yv)).astype(float)
+    expected = classifier()
+    want = expected.fit(X, y, epochs=3, lr=0.5, batch_size=10, shuffle=False,
+                        validation_data=(Xv, yv, wv))
+    for val in [(Xv, yv, wv), (*as_dask(Xv, yv, rows=(60, 40)), da.from_array(wv, chunks=30))]:
+        model = classifier()
+        history = nd.fit(model, *as_dask(X, y), epochs=3, lr=0.5, batch_size=10,
+                         shuffle=False, validation_data=val)
+        assert max_diff(model, expected) <= 1e-14
+        np.testing.assert_allclose(history["val_loss"], want["val_loss"], rtol=1e-13)
+        np.testing.assert_allclose(history["val_accuracy"], want["val_accuracy"], rtol=1e-13)
+    unweighted = model.evaluate(Xv, yv)
+    assert history["val_loss"][-1] != pytest.approx(unweighted["loss"], rel=1e-4)
+    model = classifier()
+    for val, pattern in [((Xv, yv, -wv), "validation_data\\[2\\] must be >= 0"),
+                         (as_dask(Xv, yv, rows=(60, 40)) + (np.zeros(len(yv)),),
+                          r"validation_data\[2\] must be finite numbers >= 0, not all 0")]:
+        with pytest.raises(InvalidDataError, match=pattern):
+            nd.fit(model, *as_dask(X, y), epochs=1, validation_data=val)
+    assert model.optimizer is None and model.epochs_trained == 0
+
+
 def test_stream_fit_callbacks_and_early_stopping():
     X, y = moons()
 
@@ -351,8 +403,9 @@ def test_stream_fit_refuses_bad_arguments():
         nd.fit(model, Xd, yd, epochs=0)
     with pytest.raises(InvalidParameterError, match="prefetch must be True or False"):
         nd.fit(model, Xd, yd, prefetch="yes")
-    with pytest.raises(InvalidParameterError, match=r"validation_data must be a pair .* of 3"):
-        nd.fit(model, Xd, yd, validation_data=(X, y, np.ones(len(y))))
+    with pytest.raises(InvalidParameterError, match=r"validation_data must be \(X_val, y_val\) "
+                                                    r"or .*received 4 items"):
+        nd.fit(model, Xd, yd, validation_data=(X, y, np.ones(len(y)), None))
     with pytest.raises(InvalidDataError, match="X must be a dask array"):
         nd.fit(model, X, y)
     assert model.optimizer is None and model.epochs_trained == 0

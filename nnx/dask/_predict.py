@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import array_api_compat
 import dask
 import dask.array as da
 import numpy as np
@@ -68,6 +69,19 @@ def as_targets(y: Any, X: da.Array, where: str, name: str = "y") -> da.Array:
     if y.chunks[0] != X.chunks[0] or (y.ndim == 2 and len(y.chunks[1]) > 1):
         y = y.rechunk((X.chunks[0],) + ((-1,) if y.ndim == 2 else ()))
     return y
+
+
+def as_weights(sample_weight: Any, X: da.Array, where: str,
+               name: str = "sample_weight") -> da.Array:
+    """Sample weights as a 1-D dask array with the row blocks of `X` (their values are
+    checked where the blocks are read)."""
+    w = as_targets(sample_weight, X, where, name)
+    if w.ndim == 2 and w.shape[1] == 1:
+        w = w[:, 0]
+    if w.ndim != 1:
+        raise InvalidDataError(f"{where}: {name} must have shape ({X.shape[0]},), one "
+                               f"weight per row; received shape {w.shape}.")
+    return w
 
 
 # Bytes of the widest layer's output per forward pass inside a block: with a few threads each
@@ -144,28 +158,44 @@ def predict_proba(model: Any, X: Any, *, batch_size: int | None = None) -> da.Ar
     return _lazy(model, X, True, batch_size, "nnx.dask.predict_proba")
 
 
-def _evaluate_block(Xb: Any, yb: Any, model: Any, batch_size: int | None) -> np.ndarray:
-    figures = model.evaluate(Xb, yb, batch_size=batch_size)
-    n = Xb.shape[0]
-    # Every block's loss holds the same L2 term: the row-weighted mean of the blocks' losses
-    # is the data set's loss with that term added once.
-    return np.array([n, n * figures["loss"], n * figures.get("accuracy", 0.0)])
+def _evaluate_block(i: int, Xb: Any, yb: Any, wb: Any, model: Any, batch_size: int | None
+                    ) -> np.ndarray:
+    """``[m, m * loss, m * accuracy]`` of row block `i`, `m` its rows or its weights' sum (a
+    block whose weights are all 0 adds nothing; other bad weights are refused by
+    ``model.evaluate``)."""
+    if wb is not None:
+        xp = array_api_compat.array_namespace(wb)
+        if not bool(xp.any(wb != 0)):
+            return np.zeros(3)
+    try:
+        figures = model.evaluate(Xb, yb, batch_size=batch_size, sample_weight=wb)
+    except InvalidDataError as exc:
+        raise InvalidDataError(f"nnx.dask.evaluate (row block {i}): {exc}") from None
+    m = Xb.shape[0] if wb is None else float(xp.sum(xp.astype(wb, xp.float64)))
+    # Every block's loss holds the same L2 term: the weighted mean of the blocks' losses is
+    # the data set's loss with that term added once.
+    return np.array([m, m * figures["loss"], m * figures.get("accuracy", 0.0)])
 
 
-def _combine(parts: list[np.ndarray], classifier: bool) -> dict[str, float]:
+def _combine(parts: list[np.ndarray], classifier: bool, weighted: bool) -> dict[str, float]:
     total = np.sum(np.stack(parts), axis=0)
     n = total[0]
+    if not n > 0:
+        raise InvalidDataError("nnx.dask.evaluate: sample_weight is 0 for every sample; at "
+                               "least one weight must be > 0.")
     out = {"loss": float(total[1] / n)}
     if classifier:
-        # Each block's accuracy is an exact count over its rows: round off the division.
-        out["accuracy"] = float(np.round(total[2]) / n)
+        # Unweighted, each block's accuracy is an exact count over its rows: round off the
+        # division.
+        out["accuracy"] = float((total[2] if weighted else np.round(total[2])) / n)
     return out
 
 
-def evaluate(model: Any, X: Any, y: Any, *, batch_size: int | None = None,
-             compute: bool = True) -> Any:
+def evaluate(model: Any, X: Any, y: Any, *, sample_weight: Any = None,
+             batch_size: int | None = None, compute: bool = True) -> Any:
     """``model.evaluate`` over the row blocks of `X` and `y`: the objective (mean data loss
-    plus the L2 term) and, for classifiers, the fraction correct.
+    plus the L2 term) and, for classifiers, the fraction correct; with `sample_weight`, the
+    weighted mean loss and the weighted fraction correct.
 
     Parameters
     ----------
@@ -173,6 +203,8 @@ def evaluate(model: Any, X: Any, y: Any, *, batch_size: int | None = None,
     X : dask.array.Array, shape (n_samples, n_in)
     y : dask.array.Array or array, shape (n_samples,) or (n_samples, n_out)
         Rechunked to the row blocks of `X`.
+    sample_weight : dask.array.Array or array, shape (n_samples,), optional
+        Finite numbers >= 0, not all 0 (checked block by block, as ``model.evaluate``).
     batch_size : int, optional
     compute : bool
         False: return a ``dask.delayed`` of the dict instead of computing it.
@@ -191,8 +223,11 @@ def evaluate(model: Any, X: Any, y: Any, *, batch_size: int | None = None,
     y = as_targets(y, X, where)
     if X.shape[0] == 0:
         raise InvalidDataError(f"{where}: X has no rows.")
+    w = None if sample_weight is None else as_weights(sample_weight, X, where)
     held = model_in_graph(model)
-    parts = [dask.delayed(_evaluate_block, pure=True)(xb, yb, held, batch_size)
-             for xb, yb in zip(X.to_delayed().ravel(), y.to_delayed().ravel())]
-    result = dask.delayed(_combine, pure=True)(parts, model.head.classifier)
+    ws = [None] * X.numblocks[0] if w is None else w.to_delayed().ravel()
+    parts = [dask.delayed(_evaluate_block, pure=True)(i, xb, yb, wb, held, batch_size)
+             for i, (xb, yb, wb) in enumerate(zip(X.to_delayed().ravel(),
+                                                  y.to_delayed().ravel(), ws))]
+    result = dask.delayed(_combine, pure=True)(parts, model.head.classifier, w is not None)
     return result.compute() if compute else result

@@ -17,9 +17,10 @@ import dask
 import dask.array as da
 import numpy as np
 
+from nnx._data import check_weight
 from nnx._validation import check_bool
 from nnx.callbacks import History
-from nnx.dask._predict import as_rows, as_targets, check_model, evaluate
+from nnx.dask._predict import as_rows, as_targets, as_weights, check_model, evaluate
 from nnx.errors import InvalidDataError, InvalidParameterError, NonFiniteLossError
 from nnx.training import EpochSums, FitSettings, Trainer, row_slices
 
@@ -97,7 +98,8 @@ class StreamTrainer(Trainer):
         self.n = n if total_weight is None else total_weight
         self.counted["accuracy"] = self.n
         if val_lazy is not None:
-            self.counted["val_accuracy"] = val_lazy[0].shape[0]
+            Xv, _, _, mass = val_lazy
+            self.counted["val_accuracy"] = Xv.shape[0] if mass is None else mass
         self.prefetch = prefetch
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="nnx-dask-prefetch")
         self._ahead: tuple[int, Any] | None = None  # (block, future) read in the background
@@ -216,17 +218,20 @@ class StreamTrainer(Trainer):
     def _validation(self) -> dict[str, Any]:
         model = self.model
         if self.val is not None:
-            return {"val_" + key: value
-                    for key, value in model.evaluate_encoded(*self.val).items()}
+            Xv, Yv, labels, weight = self.val
+            return {"val_" + key: value for key, value in
+                    model.evaluate_encoded(Xv, Yv, labels, weight=weight).items()}
         if self.val_lazy is None:
             return {}
-        Xv, yv = self.val_lazy
-        figures = evaluate(model, Xv, yv)
+        Xv, yv, wv, mass = self.val_lazy
+        figures = evaluate(model, Xv, yv, sample_weight=wv)
         xp = model.xp
         out = {"val_loss": xp.asarray(figures["loss"], dtype=model.dtype,
                                       device=model.backend.device)}
         if "accuracy" in figures:
-            count = round(figures["accuracy"] * Xv.shape[0])
+            # A count (a weighted count with weights), as the host divides it.
+            count = (round(figures["accuracy"] * Xv.shape[0]) if mass is None
+                     else figures["accuracy"] * mass)
             out["val_accuracy"] = xp.asarray(count, dtype=model.dtype,
                                              device=model.backend.device)
         return out
@@ -264,22 +269,17 @@ def l2_term(model: Any) -> Any:
     return (model.l2 / 2) * total
 
 
-def dask_weights(sample_weight: Any, X: da.Array, where: str
+def dask_weights(sample_weight: Any, X: da.Array, where: str, name: str = "sample_weight"
                  ) -> tuple[da.Array | None, float | None]:
     """The weights as a dask array of `X`'s row blocks and their sum (read once, here)."""
     if sample_weight is None:
         return None, None
-    w = as_targets(sample_weight, X, where, "sample_weight")
-    if w.ndim == 2 and w.shape[1] == 1:
-        w = w[:, 0]
-    if w.ndim != 1:
-        raise InvalidDataError(f"{where}: sample_weight must have shape ({X.shape[0]},), one "
-                               f"weight per row; received shape {w.shape}.")
+    w = as_weights(sample_weight, X, where, name)
     with np.errstate(invalid="ignore", over="ignore"):
         total = float(w.astype(np.float64).sum().compute())
     if not math.isfinite(total) or total <= 0:
-        raise InvalidDataError(f"{where}: sample_weight must be finite numbers >= 0, not all "
-                               f"0; their sum is {total!r}.")
+        raise InvalidDataError(f"{where}: {name} must be finite numbers >= 0, not all 0; "
+                               f"their sum is {total!r}.")
     return w, total
 
 
@@ -291,22 +291,26 @@ class _Rows:
 
 
 def _validation_data(model: Any, validation_data: Any) -> tuple[Any, Any]:
-    """(encoded in-memory data, None) or (None, dask pair)."""
+    """``((X, Y, labels, weight column or None), None)`` encoded in memory, or ``(None,
+    (X, y, weights or None, their sum or None))`` as dask arrays."""
     if validation_data is None:
         return None, None
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise InvalidParameterError(
-            f"{_WHERE}: validation_data must be a pair (X_val, y_val) (sample weights are "
-            f"not supported here); received "
-            f"{type(validation_data).__name__}"
+            f"{_WHERE}: validation_data must be (X_val, y_val) or (X_val, y_val, "
+            f"sample_weight_val); received {type(validation_data).__name__}"
             + (f" of {len(validation_data)} items." if isinstance(validation_data, (tuple, list))
                else "."))
-    Xv, yv = validation_data
+    Xv, yv, wv = (*validation_data, None)[:3]
+    name = "validation_data[2]"
     if isinstance(Xv, da.Array):
         Xv = as_rows(Xv, _WHERE, "validation_data[0]", model.n_in)
-        return None, (Xv, as_targets(yv, Xv, _WHERE, "validation_data[1]"))
+        yv = as_targets(yv, Xv, _WHERE, "validation_data[1]")
+        return None, (Xv, yv, *dask_weights(wv, Xv, _WHERE, name))
     Xd, Y = model.encode(Xv, yv, where=_WHERE)
-    return (Xd, Y, labels_of(model, Y)), None
+    weight = None if wv is None else check_weight(model.backend, model.dtype, model.dtype_name,
+                                                  wv, Xd.shape[0], _WHERE, name)
+    return (Xd, Y, labels_of(model, Y), weight), None
 
 
 def fit(model: Any, X: Any, y: Any, *, sample_weight: Any = None, epochs: int = 1,
@@ -338,8 +342,9 @@ def fit(model: Any, X: Any, y: Any, *, sample_weight: Any = None, epochs: int = 
     shuffle : bool
         Visit the blocks in a new order each epoch and each block's rows in a new order, both
         drawn from ``model.rng``.
-    validation_data : (X_val, y_val), optional
-        In memory, or dask arrays (then evaluated by blocks every epoch).
+    validation_data : (X_val, y_val) or (X_val, y_val, sample_weight_val), optional
+        In memory, or dask arrays (then evaluated by blocks every epoch); with weights, the
+        validation figures are their weighted means, as ``Sequential.fit``'s.
     prefetch : bool
         Read the next block in a background thread while the current one trains.
 
