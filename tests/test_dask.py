@@ -442,6 +442,17 @@ def test_fit_parallel_adam_continues_across_calls(client):
     assert max_diff(model, expected) <= 1e-12
 
 
+def documented_shares(client, held, n, batch):
+    """Each worker's rows in block order (by rank), the steps of an epoch and each rank's
+    rows per step, as fit_parallel documents them, from where the blocks of `held` are."""
+    placement = nd.shard_placement(client, held)
+    starts = np.cumsum((0,) + ROWS)
+    ranks = [np.concatenate([np.arange(starts[i], starts[i + 1]) for i in placement[k]])
+             for k in sorted(placement)]
+    steps = -(-n // batch)
+    return ranks, steps, [-(-len(r) // steps) for r in ranks]
+
+
 @pytest.mark.parametrize("reduction", ["collective", "client"])
 def test_fit_parallel_minibatches_are_train_steps_on_the_global_batches(client, reduction):
     """Synchronous minibatch SGD, in block order (shuffle=False): each step is one
@@ -453,13 +464,8 @@ def test_fit_parallel_minibatches_are_train_steps_on_the_global_batches(client, 
     X, y = moons()
     Xd, yd = as_dask(X, y)
     held = Xd.persist()
-    placement = nd.shard_placement(client, held)
-    starts = np.cumsum((0,) + ROWS)
-    ranks = [np.concatenate([np.arange(starts[i], starts[i + 1]) for i in placement[w]])
-             for w in sorted(placement)]
     batch, epochs = 64, 3
-    steps = -(-len(X) // batch)
-    shares = [-(-len(r) // steps) for r in ranks]
+    ranks, steps, shares = documented_shares(client, held, len(X), batch)
     model, expected = classifier(), classifier()
     history = nd.fit_parallel(model, Xd, yd, client=client, epochs=epochs, lr=0.5,
                               batch_size=batch, shuffle=False, reduction=reduction)
@@ -473,7 +479,7 @@ def test_fit_parallel_minibatches_are_train_steps_on_the_global_batches(client, 
             loss, _ = expected.train_step(Xe[rows], Ye[rows])
             total += float(loss) * len(rows)
         want.append(total / len(X))
-    assert len(placement) == 2 and len({len(r) for r in ranks}) == 2  # unequal shards
+    assert len(ranks) == 2 and len({len(r) for r in ranks}) == 2  # unequal shards
     assert max_diff(model, expected) <= 1e-14
     np.testing.assert_allclose(history["loss"], want, rtol=1e-13)
     assert model.epochs_trained == epochs
@@ -516,13 +522,8 @@ def test_fit_parallel_weighted_minibatches_are_weighted_train_steps(client, redu
     w = weights_with_zeros(len(y))
     Xd, yd = as_dask(X, y)
     held = Xd.persist()
-    placement = nd.shard_placement(client, held)
-    starts = np.cumsum((0,) + ROWS)
-    ranks = [np.concatenate([np.arange(starts[i], starts[i + 1]) for i in placement[k]])
-             for k in sorted(placement)]
     batch, epochs = 40, 3
-    steps = -(-len(X) // batch)
-    shares = [-(-len(r) // steps) for r in ranks]
+    ranks, steps, shares = documented_shares(client, held, len(X), batch)
     for r, b in zip(ranks, shares):
         w[r[b:2 * b]] = 0  # the second step's global batch weighs nothing
     model, expected = classifier(), classifier()
