@@ -129,6 +129,40 @@ def test_minibatch_epoch_loss_is_the_sample_weighted_mean():
     assert history["loss"][0] == pytest.approx(sum(losses) / 50, rel=1e-12)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_shuffled_minibatches_are_the_generators_permutation_in_batches(
+        backend, float64, monkeypatch, weighted):
+    """Shuffled, the batches are the rows of one permutation from the model's generator per
+    epoch, cut in order into batches, whatever the gathering block (here a block of 2
+    batches of 6 rows, and 50 rows: the last block and the last batch are short)."""
+    from nnx.training import Trainer
+
+    monkeypatch.setattr(Trainer, "GATHER_BYTES", 2 * 6 * 2 * 8)  # 2 batches of float64 rows
+    X, y = nnx.datasets.make_moons(50, seed=3)
+    w = np.random.default_rng(4).uniform(0.5, 2, size=50) if weighted else None
+
+    def net():
+        return nnx.Sequential([nnx.Dense(2, 4, "tanh"), nnx.Dense(4, 2, "softmax")],
+                              dtype="float64", seed=2, backend=backend)
+
+    model, twin = net(), net()
+    model.fit(X, y, epochs=2, lr=0.3, batch_size=6, sample_weight=w)
+    twin.set_optimizer("sgd", lr=0.3)
+    rng = twin.rng
+    for _ in range(2):
+        order = rng.permutation(50)
+        for start in range(0, 50, 6):
+            rows = order[start:start + 6]
+            Xb, Yb = twin.encode(X[rows], y[rows])
+            if weighted:
+                wb = twin.backend.asarray(w[rows][:, None] / w[rows].sum(), dtype=twin.dtype)
+                twin.train_step(Xb, Yb, weight=wb)
+            else:
+                twin.train_step(Xb, Yb)
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
 def test_validation_data_and_history(backend):
     X, y = nnx.datasets.make_moons(120, seed=0)
     Xv, yv = nnx.datasets.make_moons(60, seed=1)
