@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,41 @@ from nnx.optimizers import Optimizer, get_optimizer, get_schedule
 def row_slices(n: int, step: int) -> list[slice]:
     """Row ranges of at most `step` rows (in bounds, as array-api-strict requires)."""
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+# Shuffled rows are gathered a block of batches at a time, about this many bytes of X. One
+# gather of scattered rows per batch cost far more inside the training loop than alone (on
+# NumPy, 256-row batches of 64 float32: 9% of the epoch against 4% gathered by blocks); the
+# batches are then contiguous slices of the block: the same rows in the same order.
+GATHER_BYTES = 1 << 20
+
+
+def minibatches(xp: Any, arrays: Sequence[Any], step: int, order: Any = None):
+    """Tuples of `step`-row batches of `arrays` (the same rows of each; None entries stay
+    None; an array repeated is gathered once): slices in order, or with `order` (a device
+    array of row indices) its rows in its order, gathered a block of batches (about
+    GATHER_BYTES of the first array) at a time."""
+    n = arrays[0].shape[0]
+
+    def cut(parts: Sequence[Any], rows: slice) -> tuple[Any, ...]:
+        return tuple(None if a is None else a[rows, ...] for a in parts)
+
+    if order is None:
+        for rows in row_slices(n, step):
+            yield cut(arrays, rows)
+        return
+    first = arrays[0]
+    row_bytes = math.prod(first.shape[1:]) * xp.finfo(first.dtype).bits // 8
+    block_rows = step * max(1, GATHER_BYTES // max(1, step * row_bytes))
+    for block in row_slices(n, block_rows):
+        idx = order[block]
+        gathered: dict[int, Any] = {}
+        for a in arrays:
+            if a is not None and id(a) not in gathered:
+                gathered[id(a)] = xp.take(a, idx, axis=0)
+        parts = [None if a is None else gathered[id(a)] for a in arrays]
+        for rows in row_slices(block.stop - block.start, step):
+            yield cut(parts, rows)
 
 
 def make_optimizer(model: Any, optimizer: Any, lr: Any, schedule: Any,
@@ -140,16 +175,21 @@ class Window:
 
 class EpochSums:
     """An epoch's summed loss and correct count over its minibatches, kept on the device and
-    reduced once, at the end: a batch only appends its mean loss, its size (or its weights'
-    sum) and its unreduced hits (:meth:`nnx.heads.Head.hits`). Summing as it goes took four
-    more device operations a batch, about a tenth of an epoch of a 64-256-10 network on
-    NumPy with 256-row batches."""
+    reduced once, at the end: a batch only appends its mean loss and its size (or its
+    weights' sum). Summing as it goes took four more device operations a batch, about a
+    tenth of an epoch of a 64-256-10 network on NumPy with 256-row batches. The hits
+    (:meth:`nnx.heads.Head.hits`) are taken for HIT_ROWS rows of outputs at once: one
+    argmax and comparison for many small batches."""
+
+    HIT_ROWS = 4096
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self.losses: list[Any] = []
         self.sizes: list[Any] = []
         self.hits: list[Any] = []
+        self._pending: list[tuple[Any, Any, Any]] = []  # (out, labels, weight) not yet hit
+        self._pending_rows = 0
 
     def add(self, loss: Any, size: Any, out: Any = None, labels: Any = None,
             weight: Any = None) -> None:
@@ -158,7 +198,20 @@ class EpochSums:
         self.losses.append(loss)
         self.sizes.append(size)
         if labels is not None:
-            self.hits.append(self.model.head.hits(self.model.xp, out, labels, weight))
+            self._pending.append((out, labels, weight))
+            self._pending_rows += out.shape[0]
+            if self._pending_rows >= self.HIT_ROWS:
+                self._hit()
+
+    def _hit(self) -> None:
+        xp, pending = self.model.xp, self._pending
+        if len(pending) == 1:
+            out, labels, weight = pending[0]
+        else:
+            out, labels, weight = (None if parts[0] is None else xp.concat(parts, axis=0)
+                                   for parts in zip(*pending))
+        self.hits.append(self.model.head.hits(xp, out, labels, weight))
+        self._pending, self._pending_rows = [], 0
 
     def totals(self) -> tuple[Any, Any]:
         """``(sum of size * loss, correct count or None)``, 0-d arrays on the device."""
@@ -169,6 +222,8 @@ class EpochSums:
         else:
             sizes = xp.stack(self.sizes)
         total = xp.sum(xp.stack(self.losses) * sizes)
+        if self._pending:
+            self._hit()
         correct = (model.head.count(xp, xp.concat(self.hits), model.dtype)
                    if self.hits else None)
         return total, correct
@@ -207,50 +262,33 @@ class Trainer:
             names += ["val_loss"] + (["val_accuracy"] if self.model.head.classifier else [])
         return names
 
-    # Shuffled rows are gathered a block of batches at a time, about this many bytes of X:
-    # one gather per batch of scattered rows costs far more inside the training loop than
-    # alone (it evicts the step's working set from the caches); a block about the size of
-    # the caches gathers the same rows for the next batches at once, and the batches are
-    # then contiguous slices of it. The same rows in the same order: results are identical.
-    GATHER_BYTES = 1 << 20
-
-    def _gather_rows(self) -> int:
-        """Rows per gathered block: a whole number of batches, about GATHER_BYTES of X."""
-        X, step = self.X, self.batch
-        row_bytes = math.prod(X.shape[1:]) * self.model.xp.finfo(X.dtype).bits // 8
-        return step * max(1, self.GATHER_BYTES // max(1, step * row_bytes))
-
     def _batches(self):
         """The epoch's batches ``(X, Y, labels, weight)``: slices of the data in order, or,
-        shuffled, rows gathered in blocks of whole batches (the order comes from the model's
-        NumPy generator: identical on every backend). Gathering blocks touches the same rows
-        as permuting the whole data set first, without copying all of it every epoch."""
-        model, n, step = self.model, self.X.shape[0], self.batch
-        X, Y, labels, weight = self.X, self.Y, self.labels, self.weight
-        if step >= n:
-            yield X, Y, labels, weight
+        shuffled, the rows of one permutation from the model's NumPy generator (identical on
+        every backend), gathered by blocks (:func:`minibatches`): the same rows as permuting
+        the whole data set first, without copying all of it every epoch."""
+        model, n = self.model, self.X.shape[0]
+        arrays = (self.X, self.Y, self.labels, self.weight)
+        if self.batch >= n:
+            yield arrays
             return
-        same = labels is Y
+        order = model.backend.asarray(model.rng.permutation(n)) if self.shuffle else None
+        yield from minibatches(model.xp, arrays, self.batch, order)
 
-        def cut(Xs, Ys, Ls, Ws, rows):
-            Yb = Ys[rows, ...]
-            return (Xs[rows, ...], Yb,
-                    None if Ls is None else (Yb if same else Ls[rows, ...]),
-                    None if Ws is None else Ws[rows, ...])
-
-        if not self.shuffle:
-            for rows in row_slices(n, step):
-                yield cut(X, Y, labels, weight, rows)
+    def _train_batch(self, sums: EpochSums, X: Any, Y: Any, labels: Any, weight: Any) -> None:
+        """One minibatch step, its figures added to `sums`; with sample weights, the step on
+        the batch's weighted mean."""
+        model = self.model
+        if weight is None:
+            loss, out = model.train_step(X, Y)
+            sums.add(loss, out.shape[0], out, labels)
             return
         xp = model.xp
-        order = model.backend.asarray(model.rng.permutation(n))
-        for block in row_slices(n, self._gather_rows()):
-            idx = order[block]
-            Xs, Ys = xp.take(X, idx, axis=0), xp.take(Y, idx, axis=0)
-            Ls = None if labels is None or same else xp.take(labels, idx, axis=0)
-            Ws = None if weight is None else xp.take(weight, idx, axis=0)
-            for rows in row_slices(block.stop - block.start, step):
-                yield cut(Xs, Ys, Ls, Ws, rows)
+        mass = xp.sum(weight)
+        # A batch whose weights are all 0 contributes nothing (and divides by 1).
+        loss, out = model.train_step(
+            X, Y, weight=weight / xp.where(mass > 0, mass, xp.ones_like(mass)))
+        sums.add(loss, mass, out, labels, weight)
 
     def _run_epoch(self) -> dict[str, Any]:
         model, n, step = self.model, self.X.shape[0], self.batch
@@ -265,17 +303,8 @@ class Trainer:
                 model.xp, out, labels, model.dtype, weight)
         else:
             sums = EpochSums(model)
-            for X, Y, labels, weight in self._batches():
-                if not weighted:
-                    loss, out = model.train_step(X, Y)
-                    sums.add(loss, out.shape[0], out, labels)
-                    continue
-                xp = model.xp
-                mass = xp.sum(weight)
-                # A batch whose weights are all 0 contributes nothing (and divides by 1).
-                loss, out = model.train_step(
-                    X, Y, weight=weight / xp.where(mass > 0, mass, xp.ones_like(mass)))
-                sums.add(loss, mass, out, labels, weight)
+            for batch in self._batches():
+                self._train_batch(sums, *batch)
             total, correct = sums.totals()
             total = total / (self.counted["accuracy"] if weighted else n)
         figures = {"loss": total}

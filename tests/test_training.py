@@ -135,9 +135,7 @@ def test_shuffled_minibatches_are_the_generators_permutation_in_batches(
     """Shuffled, the batches are the rows of one permutation from the model's generator per
     epoch, cut in order into batches, whatever the gathering block (here a block of 2
     batches of 6 rows, and 50 rows: the last block and the last batch are short)."""
-    from nnx.training import Trainer
-
-    monkeypatch.setattr(Trainer, "GATHER_BYTES", 2 * 6 * 2 * 8)  # 2 batches of float64 rows
+    monkeypatch.setattr(nnx.training, "GATHER_BYTES", 2 * 6 * 2 * 8)  # 2 batches of 2 float64
     X, y = nnx.datasets.make_moons(50, seed=3)
     w = np.random.default_rng(4).uniform(0.5, 2, size=50) if weighted else None
 

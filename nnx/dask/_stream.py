@@ -22,7 +22,7 @@ from nnx._validation import check_bool
 from nnx.callbacks import History
 from nnx.dask._predict import as_rows, as_targets, as_weights, check_model, evaluate
 from nnx.errors import InvalidDataError, InvalidParameterError, NonFiniteLossError
-from nnx.training import EpochSums, FitSettings, Trainer, row_slices
+from nnx.training import EpochSums, FitSettings, Trainer, minibatches
 
 _WHERE = "nnx.dask.fit"
 
@@ -180,27 +180,10 @@ class StreamTrainer(Trainer):
     def _train_block(self, Xd: Any, Y: Any, labels: Any, weight: Any, perm: Any,
                      sums: EpochSums) -> None:
         model, xp = self.model, self.model.xp
-        n_c = Xd.shape[0]
         idx = None if perm is None else model.backend.asarray(perm)
-        for rows in row_slices(n_c, min(self.batch, n_c)):
-            if idx is None:
-                Xb, Yb = Xd[rows, ...], Y[rows, ...]
-                lb = None if labels is None else labels[rows, ...]
-                wb = None if weight is None else weight[rows, ...]
-            else:
-                take = idx[rows]
-                Xb, Yb = xp.take(Xd, take, axis=0), xp.take(Y, take, axis=0)
-                lb = None if labels is None else xp.take(labels, take, axis=0)
-                wb = None if weight is None else xp.take(weight, take, axis=0)
-            if wb is None:
-                loss, out = model.train_step(Xb, Yb)
-                sums.add(loss, out.shape[0], out, lb)
-                continue
-            # As Sequential.fit: the batch's weighted mean (a batch of 0 weights adds nothing).
-            mass = xp.sum(wb)
-            loss, out = model.train_step(
-                Xb, Yb, weight=wb / xp.where(mass > 0, mass, xp.ones_like(mass)))
-            sums.add(loss, mass, out, lb, wb)
+        for batch in minibatches(xp, (Xd, Y, labels, weight), min(self.batch, Xd.shape[0]),
+                                 idx):
+            self._train_batch(sums, *batch)
 
     def _accumulate(self, Xd: Any, Y: Any, labels: Any, weight: Any, sums: list[Any] | None
                     ) -> tuple[Any, Any, list[Any]]:
