@@ -62,6 +62,22 @@ def check_finite(array: Any, name: str, where: str) -> None:
                                "values first.")
 
 
+def _may_overflow(source: Any, dtype_name: str) -> bool:
+    """Whether casting finite values of dtype `source` to the float `dtype_name` can make
+    them inf: float64 to float32 can; float32 to float64 or integers to float32 cannot. An
+    unknown dtype may."""
+    try:
+        # (torch.float32, array_api_strict.float32: the name after the library's)
+        kind = np.dtype(str(getattr(source, "name", source)).rsplit(".", 1)[-1])
+    except TypeError:
+        return True
+    if kind.kind == "b":
+        return False
+    largest = np.iinfo(kind).max if kind.kind in "iu" else (
+        np.finfo(kind).max if kind.kind == "f" else np.inf)
+    return float(largest) > float(np.finfo(dtype_name).max)
+
+
 def to_model(backend: Any, array: Any, dtype: Any, dtype_name: str, name: str,
              where: str) -> Any:
     """`array` (finite, checked) cast to the model's dtype on its device, checked again."""
@@ -69,8 +85,9 @@ def to_model(backend: Any, array: Any, dtype: Any, dtype_name: str, name: str,
     # check below says so clearly instead.
     with np.errstate(over="ignore"):
         moved = backend.asarray(array, dtype=dtype)
-    # (No cast, the same array: the caller's check stands.)
-    if moved is not array and not _all_finite(moved):
+    # (No cast, the same array, or one that cannot overflow: the caller's check stands.)
+    if moved is not array and _may_overflow(array.dtype, dtype_name) \
+            and not _all_finite(moved):
         raise InvalidDataError(
             f"{where}: {name} holds values too large for {dtype_name} (they become inf); "
             f"the largest magnitude {dtype_name} holds is {float(np.finfo(dtype_name).max):.4g}. "

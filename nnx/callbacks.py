@@ -27,12 +27,13 @@ class History:
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
 
-    def extend(self, epochs: list[int], keys: list[str], rows: list[list[float]]) -> None:
-        """Append many epochs at once: ``rows[i]`` holds epoch ``epochs[i]``'s figures in the
-        order of `keys` (the same as one :meth:`append` per epoch)."""
+    def extend_columns(self, epochs: list[int], keys: list[str],
+                       columns: list[list[float]]) -> None:
+        """Append many epochs at once: ``columns[j]`` holds figure ``keys[j]`` of every
+        epoch in `epochs`, as Python floats."""
         self.epochs.extend(epochs)
-        for j, key in enumerate(keys):
-            self.history.setdefault(key, []).extend([float(row[j]) for row in rows])
+        for key, column in zip(keys, columns):
+            self.history.setdefault(key, []).extend(column)
 
     def __getitem__(self, key: str) -> list[float]:
         return self.history[key]

@@ -136,8 +136,10 @@ def l2_term(xp: Any, spec: StepSpec, params: list[Any]) -> Any:
     total = None
     for p, decays in zip(params, spec.decays):
         if decays:
-            w = xp.reshape(p, (-1,))
-            total = w @ w if total is None else total + w @ w
+            # One fused reduction under jit (a dot of the flattened weights is a library
+            # call of its own: one more dispatch per layer and step on XLA's CPU).
+            square = xp.sum(p * p)
+            total = square if total is None else total + square
     return (spec.l2 / 2) * total
 
 
@@ -260,16 +262,14 @@ def host_scalars(spec: StepSpec, optimizer: Optimizer, l2: float, rates: list[fl
     computes them in Python: plain SGD ``(lr, 1 - lr * l2)``; momentum ``(lr,)``; Adam
     ``(lr * sqrt(1 - b2^t) / (1 - b1^t), eps * sqrt(1 - b2^t))`` at ``t = t0 + 1, ...``."""
     kind = spec.optimizer.kind
-    if kind == "sgd":
-        rows = [(lr, 1 - lr * l2) for lr in rates]
-    elif kind == "momentum":
-        rows = [(lr,) for lr in rates]
-    else:
-        b1, b2, rows = optimizer.beta1, optimizer.beta2, []
-        for j, lr in enumerate(rates):
-            t = t0 + j + 1
-            rows.append((lr * math.sqrt(1 - b2**t) / (1 - b1**t),
-                         optimizer.eps * math.sqrt(1 - b2**t)))
+    if kind in ("sgd", "momentum"):  # the same float64 operations, by columns
+        lr = np.asarray(rates, dtype=np.float64)
+        return np.stack([lr, 1 - lr * l2] if kind == "sgd" else [lr], axis=1)
+    b1, b2, rows = optimizer.beta1, optimizer.beta2, []
+    for j, lr in enumerate(rates):
+        t = t0 + j + 1
+        rows.append((lr * math.sqrt(1 - b2**t) / (1 - b1**t),
+                     optimizer.eps * math.sqrt(1 - b2**t)))
     return np.asarray(rows, dtype=np.float64).reshape(len(rates), spec.optimizer.n_scalars)
 
 
@@ -341,7 +341,7 @@ class CompiledTrainer(Trainer):
         model.assign_parameters(params)
         write_state(spec, opt, state, k)
         model.epochs_trained += k
-        figures = host[:-1].reshape(self.cap, -1)[:k].astype(np.float64).tolist()
+        figures = host[:-1].reshape(self.cap, -1)[:k].astype(np.float64)
         keys = self.figure_names()
 
         def rerun(j: int) -> tuple[list[Any], int]:

@@ -167,7 +167,7 @@ class Window:
 
     epochs: list[int]
     keys: list[str]
-    rows: list[list[float]]
+    rows: np.ndarray  # float64, (len(epochs), len(keys))
     params_ok: bool | None
     start_of: Callable[[int], tuple[list[Any], int]]
     next_before: Callable[[], tuple[list[Any], int]]
@@ -415,30 +415,28 @@ class Trainer:
             host = to_numpy(stacked).astype(np.float64).tolist()
         else:
             host = [float(v) for v in values]
-        width = len(keys)
-        rows = [host[i * width:(i + 1) * width] for i in range(len(pending))]
-        return keys, rows, (host[-1] == 1) if check_params else None
+        rows = np.asarray(host[:len(pending) * len(keys)], dtype=np.float64)
+        return keys, rows.reshape(len(pending), len(keys)), (
+            (host[-1] == 1) if check_params else None)
 
     def _record(self, window: Window, bar) -> None:
         """Log a window's figures, call the callbacks; roll back on a non-finite loss."""
         model = self.model
         if not self.callbacks and bar is None and len(window.epochs) > 1:
-            rows = window.rows
-            divide = [(j, self.counted[key]) for j, key in enumerate(window.keys)
-                      if key in self.counted]
-            if divide:
-                rows = [list(row) for row in rows]
-                for row in rows:
-                    for j, n in divide:
-                        row[j] /= n
-            loss = window.keys.index("loss")
-            if all(math.isfinite(row[loss]) for row in rows) and window.params_ok is not False:
-                # Nothing to call per epoch: the window's figures go in at once (a compiled
-                # loop of sync_every epochs would otherwise spend microseconds per epoch here).
-                model.history.extend(window.epochs, window.keys, rows)
+            # Nothing to call per epoch: the window's figures go in at once, by columns (a
+            # compiled loop of sync_every epochs would otherwise spend microseconds per
+            # epoch here).
+            columns = window.rows.T.copy()
+            for j, key in enumerate(window.keys):
+                if key in self.counted:
+                    columns[j] /= self.counted[key]
+            if np.isfinite(columns[window.keys.index("loss")]).all() \
+                    and window.params_ok is not False:
+                model.history.extend_columns(window.epochs, window.keys, columns.tolist())
                 return
+        rows = window.rows.tolist()
         for i, epoch in enumerate(window.epochs):
-            logs = dict(zip(window.keys, window.rows[i]))
+            logs = dict(zip(window.keys, rows[i]))
             for key, n in self.counted.items():
                 if key in logs:
                     logs[key] /= n

@@ -19,8 +19,8 @@ def moons():
     return nnx.datasets.make_moons(64, noise=0.2, seed=0)
 
 
-def model(backend="jax", l2=0.01, out="softmax", n_out=2):
-    layers = [nnx.Dense(2, 5, "tanh"), nnx.Dense(5, n_out, out)]
+def model(backend="jax", l2=0.01, out="softmax", n_out=2, width=5):
+    layers = [nnx.Dense(2, width, "tanh"), nnx.Dense(width, n_out, out)]
     return nnx.Sequential(layers, dtype="float64", l2=l2, seed=3, backend=backend)
 
 
@@ -36,20 +36,51 @@ def assert_same(eager, compiled, h_eager=None, h_compiled=None):
         assert h_compiled.epochs == h_eager.epochs
 
 
-def fit_both(data, l2=0.01, **kwargs):
+def fit_both(data, l2=0.01, width=5, **kwargs):
     X, y = data
-    eager, compiled = model(l2=l2), model(l2=l2)
+    eager, compiled = model(l2=l2, width=width), model(l2=l2, width=width)
     h_eager = eager.fit(X, y, epochs=EPOCHS, verbose=False, **kwargs)
     h_compiled = compiled.fit(X, y, epochs=EPOCHS, verbose=False, compile=True, **kwargs)
     assert_same(eager, compiled, h_eager, h_compiled)
     return eager, compiled
 
 
+@pytest.mark.parametrize("width", [5, 16])
 @pytest.mark.parametrize("l2", [0.0, 0.01])
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_full_batch_in_one_compiled_loop_matches_eager(moons, optimizer, l2):
+def test_full_batch_in_one_compiled_loop_matches_eager(moons, optimizer, l2, width):
     # sync_every=50 > epochs: all 12 epochs in one fori_loop, figures back at the end.
-    fit_both(moons, l2=l2, lr=0.3, optimizer=optimizer, sync_every=50)
+    # Width 5 compiles without YNNPACK's products on the CPU, 16 as XLA does by default.
+    from nnx.backends.jax import _is_tiny
+
+    assert _is_tiny(model(width=width).parameters()) == (width < 8)
+    fit_both(moons, l2=l2, width=width, lr=0.3, optimizer=optimizer, sync_every=50)
+
+
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_an_xla_that_refuses_the_tiny_network_option_falls_back(moons, monkeypatch,
+                                                                 batch_size):
+    """Where XLA no longer knows the option that turns YNNPACK off, the default compilation
+    runs, and the option is not tried again."""
+    import nnx.backends.jax as nj
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("INVALID_ARGUMENT: No such compile option: 'xla_cpu_...'")
+
+    eager, compiled = model(), model()
+    engine = nj._engine(nnx.compiled.step_spec(compiled, nnx.SGD(0.3)))
+    monkeypatch.setattr(engine, "_window", (engine._window[0], refuse))
+    monkeypatch.setattr(engine, "_batch_step", (engine._batch_step[0], refuse))
+    monkeypatch.setattr(engine, "_tiny_ok", True)
+    X, y = moons
+    h_eager = eager.fit(X, y, epochs=3, lr=0.3, batch_size=batch_size, verbose=False)
+    h_compiled = compiled.fit(X, y, epochs=3, lr=0.3, batch_size=batch_size, compile=True,
+                              verbose=False)
+    assert_same(eager, compiled, h_eager, h_compiled)
+    assert calls == [1] and engine._tiny_ok is False
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
