@@ -81,18 +81,29 @@ def _may_overflow(source: Any, dtype_name: str) -> bool:
 def to_model(backend: Any, array: Any, dtype: Any, dtype_name: str, name: str,
              where: str) -> Any:
     """`array` (finite, checked) cast to the model's dtype on its device, checked again."""
+    may_overflow = _may_overflow(array.dtype, dtype_name)
     # NumPy (and array-api-strict, which computes with it) warns when a cast overflows: the
     # check below says so clearly instead.
     with np.errstate(over="ignore"):
+        if isinstance(array, np.ndarray) and may_overflow:
+            # Host data that may overflow is cast and checked on the host, then moved (one
+            # device operation fewer, and half the bytes moved for float64 to float32).
+            host = array.astype(dtype_name, copy=False)
+            if not _all_finite(host):
+                _too_large(name, dtype_name, where)
+            return backend.asarray(host, dtype=dtype)
         moved = backend.asarray(array, dtype=dtype)
     # (No cast, the same array, or one that cannot overflow: the caller's check stands.)
-    if moved is not array and _may_overflow(array.dtype, dtype_name) \
-            and not _all_finite(moved):
-        raise InvalidDataError(
-            f"{where}: {name} holds values too large for {dtype_name} (they become inf); "
-            f"the largest magnitude {dtype_name} holds is {float(np.finfo(dtype_name).max):.4g}. "
-            "Scale the data, or use dtype='float64'.")
+    if moved is not array and may_overflow and not _all_finite(moved):
+        _too_large(name, dtype_name, where)
     return moved
+
+
+def _too_large(name: str, dtype_name: str, where: str) -> None:
+    raise InvalidDataError(
+        f"{where}: {name} holds values too large for {dtype_name} (they become inf); "
+        f"the largest magnitude {dtype_name} holds is {float(np.finfo(dtype_name).max):.4g}. "
+        "Scale the data, or use dtype='float64'.")
 
 
 def check_X(backend: Any, dtype: Any, dtype_name: str, X: Any, n_in: int, first_layer: Any,

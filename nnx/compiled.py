@@ -283,10 +283,11 @@ class CompiledTrainer(Trainer):
         full batch: `count` epochs (``count <= len(table)``) in one compiled loop, the rows of
         `table` the steps' scalars; `host` a NumPy array of the epochs' figures, shape
         ``(len(table), n_figures)``, and a last element: whether the weights are finite;
-    ``batch_step(params, state, acc, X, Y, labels, order, start, size, table, j)``
-        one minibatch: rows ``order[start:start + size]`` (rows ``start...`` without `order`)
-        with the scalars ``table[j]``; returns ``(params, state, acc)`` where ``acc`` is the
-        summed ``loss * rows`` and the correct count;
+    ``batches(params, state, acc, X, Y, labels, order, start, first, count, size, table)``
+        `count` minibatches of `size` rows in one compiled loop, batch ``j`` the rows
+        ``order[start + j * size:][:size]`` (rows ``start + j * size...`` without `order`)
+        with the scalars ``table[first + j]``; returns ``(params, state, acc)`` where
+        ``acc`` is the summed ``loss * rows`` and the correct count;
     ``evaluate(params, X, Y, labels) -> (loss, correct)``;
     ``zeros(dtype) -> acc`` (the initial accumulators).
     """
@@ -367,10 +368,14 @@ class CompiledTrainer(Trainer):
         order = model.backend.asarray(model.rng.permutation(n)) if self.shuffle else None
         table = self._table(spec, [opt.rate()] * len(starts), self._t(), len(starts))
         acc = engine.zeros(model.dtype)
-        for j, start in enumerate(starts):
-            params, state, acc = engine.batch_step(params, state, acc, self.X, self.Y,
-                                                   self.labels, order, start,
-                                                   min(size, n - start), table, j)
+        # The full batches in one loop, then the short last one (another size: its own).
+        full, rest = divmod(n, size)
+        runs = ([(0, 0, full, size)] if full else []) + ([(full * size, full, 1, rest)]
+                                                         if rest else [])
+        for start, first, count, rows in runs:
+            params, state, acc = engine.batches(params, state, acc, self.X, self.Y,
+                                                self.labels, order, start, first, count,
+                                                rows, table)
         model.assign_parameters(params)
         write_state(spec, opt, state, len(starts))
         figures = {"loss": acc[0] / n}

@@ -73,7 +73,7 @@ def test_an_xla_that_refuses_the_tiny_network_option_falls_back(moons, monkeypat
     eager, compiled = model(), model()
     engine = nj._engine(nnx.compiled.step_spec(compiled, nnx.SGD(0.3)))
     monkeypatch.setattr(engine, "_window", (engine._window[0], refuse))
-    monkeypatch.setattr(engine, "_batch_step", (engine._batch_step[0], refuse))
+    monkeypatch.setattr(engine, "_batches", (engine._batches[0], refuse))
     monkeypatch.setattr(engine, "_tiny_ok", True)
     X, y = moons
     h_eager = eager.fit(X, y, epochs=3, lr=0.3, batch_size=batch_size, verbose=False)

@@ -151,24 +151,31 @@ class _Engine:
             return params, state, jnp.concatenate(
                 [jnp.reshape(buf, (-1,)), jnp.astype(finite, X.dtype)[None]])
 
-        def batch_step(params, state, acc, X, Y, labels, order, start, table, j, size):
-            def rows(a):
-                if a is None:
-                    return None
-                if order is None:
-                    return lax.dynamic_slice_in_dim(a, start, size, axis=0)
-                return jnp.take(a, lax.dynamic_slice_in_dim(order, start, size), axis=0)
+        def batches(params, state, acc, X, Y, labels, order, start, first, count, table,
+                    size):
+            def body(j, carry):
+                params, state, acc = carry
+                at = start + j * size
 
-            params, state, loss, correct = compiled.train_step(
-                jnp, spec, params, state, rows(X), rows(Y), table[j], rows(labels))
-            total = acc[0] + loss * size
-            return params, state, (total, None if correct is None else acc[1] + correct)
+                def rows(a):
+                    if a is None:
+                        return None
+                    if order is None:
+                        return lax.dynamic_slice_in_dim(a, at, size, axis=0)
+                    return jnp.take(a, lax.dynamic_slice_in_dim(order, at, size), axis=0)
+
+                params, state, loss, correct = compiled.train_step(
+                    jnp, spec, params, state, rows(X), rows(Y), table[first + j], rows(labels))
+                total = acc[0] + loss * size
+                return params, state, (total, None if correct is None else acc[1] + correct)
+
+            return lax.fori_loop(0, count, body, (params, state, acc))
 
         # Each loop twice: as XLA compiles it, and, for the CPU and the narrowest networks,
         # with XLA's own dot instead of YNNPACK's (see _TINY_WIDTH).
         self._window = (jax.jit(window), jax.jit(window, compiler_options=_NO_YNN))
-        self._batch_step = tuple(jax.jit(batch_step, static_argnames=("size",), **kw)
-                                 for kw in ({}, {"compiler_options": _NO_YNN}))
+        self._batches = tuple(jax.jit(batches, static_argnames=("size",), **kw)
+                              for kw in ({}, {"compiler_options": _NO_YNN}))
         self._evaluate = jax.jit(functools.partial(compiled.evaluate, jnp, spec))
         self._jnp = jnp
         self._tiny_ok = True  # until this jaxlib refuses the option
@@ -189,9 +196,10 @@ class _Engine:
                                          table, count)
         return params, state, np.asarray(flat)  # the window's one transfer
 
-    def batch_step(self, params, state, acc, X, Y, labels, order, start, size, table, j):
-        return self._call(self._batch_step, params, state, acc, X, Y, labels, order, start,
-                          table, j, size=size)
+    def batches(self, params, state, acc, X, Y, labels, order, start, first, count, size,
+                table):
+        return self._call(self._batches, params, state, acc, X, Y, labels, order, start,
+                          first, count, table, size=size)
 
     def evaluate(self, params, X, Y, labels):
         return self._evaluate(params, X, Y, labels)
@@ -240,8 +248,8 @@ _NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 def _is_tiny(params: list[Any]) -> bool:
     weights = [p for p in params if p.ndim == 2]
-    return bool(weights) and weights[0].devices().pop().platform == "cpu" and all(
-        max(w.shape) < _TINY_WIDTH for w in weights)
+    return bool(weights) and all(max(w.shape) < _TINY_WIDTH for w in weights) \
+        and weights[0].devices().pop().platform == "cpu"
 
 
 @functools.lru_cache(maxsize=64)
