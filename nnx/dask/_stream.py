@@ -47,9 +47,9 @@ class _Blocks:
         model = self.model
         where = f"{_WHERE} (row block {i})"
         Xc, yc, *wc = dask.compute(*self.parts[i])
-        Xd, Y = model.encode(Xc, yc, where=where)
+        Xd, Y, labels = encoded(model, Xc, yc, where)
         weight = weight_column(model, wc[0], where) if wc else None
-        return Xd, Y, labels_of(model, Y), weight
+        return Xd, Y, labels, weight
 
 
 def weight_column(model: Any, w: Any, where: str) -> Any:
@@ -67,15 +67,14 @@ def weight_column(model: Any, w: Any, where: str) -> Any:
     return weight
 
 
-def labels_of(model: Any, Y: Any) -> Any:
-    """What ``head.correct`` counts against, from the encoded targets (so that a model's
-    own classes, mapped by ``encode``, are respected): class positions for a softmax output,
-    the 0/1 columns for sigmoid, None for regression."""
-    if not model.head.classifier:
-        return None
-    if model.head.name == "multiclass":  # one-hot rows
-        return model.xp.argmax(Y, axis=1)
-    return Y
+def encoded(model: Any, X: Any, y: Any, where: str) -> tuple[Any, Any, Any]:
+    """``(X, Y, labels)`` as ``Sequential.fit`` prepares them: `X` checked on the model's
+    device, `Y` encoded for the loss, and what ``head.correct`` counts against (class
+    positions for a softmax output, the 0/1 columns for sigmoid, None for regression), taken
+    from the encoding (not recovered from one-hot rows: one argmax a block fewer)."""
+    Xd = model._as_X(X, where)
+    Y, labels = model._as_y(y, Xd.shape[0], where)
+    return Xd, Y, labels
 
 
 class StreamTrainer(Trainer):
@@ -290,10 +289,10 @@ def _validation_data(model: Any, validation_data: Any) -> tuple[Any, Any]:
         Xv = as_rows(Xv, _WHERE, "validation_data[0]", model.n_in)
         yv = as_targets(yv, Xv, _WHERE, "validation_data[1]")
         return None, (Xv, yv, *dask_weights(wv, Xv, _WHERE, name))
-    Xd, Y = model.encode(Xv, yv, where=_WHERE)
+    Xd, Y, labels = encoded(model, Xv, yv, _WHERE)
     weight = None if wv is None else check_weight(model.backend, model.dtype, model.dtype_name,
                                                   wv, Xd.shape[0], _WHERE, name)
-    return (Xd, Y, labels_of(model, Y), weight), None
+    return (Xd, Y, labels, weight), None
 
 
 def fit(model: Any, X: Any, y: Any, *, sample_weight: Any = None, epochs: int = 1,
