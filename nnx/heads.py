@@ -18,6 +18,7 @@ class Head:
 
     name = ""
     classifier = True
+    makes_targets = False  # see targets()
 
     def __init__(self, n_out: int, fused: bool) -> None:
         self.n_out, self.fused = n_out, fused
@@ -36,6 +37,13 @@ class Head:
     def encode(self, backend: Any, dtype: Any, y: Any, n: int) -> tuple[Any, Any]:
         """``(Y, labels)`` on the device from checked targets `y`: ``Y`` is what the loss
         compares with, ``labels`` what :meth:`correct` counts (None for regression)."""
+        raise NotImplementedError
+
+    def targets(self, backend: Any, dtype: Any, labels: Any) -> Any:
+        """``Y`` made from `labels` as :meth:`encode` makes it, for a head whose
+        ``makes_targets`` is true (its labels determine ``Y`` and are not ``Y`` itself):
+        shuffled minibatches then gather the labels and make their rows of ``Y`` from them,
+        instead of gathering both."""
         raise NotImplementedError
 
     def predict(self, xp: Any, out: Any) -> Any:
@@ -80,6 +88,7 @@ class MulticlassHead(Head):
     """A softmax over ``n_out`` classes: integer labels ``0 .. n_out - 1``."""
 
     name = "multiclass"
+    makes_targets = True
 
     def target_shape(self, n: int) -> tuple[tuple[int, ...], str]:
         return (n,), "(n_samples,) integer labels"
@@ -90,10 +99,14 @@ class MulticlassHead(Head):
     def encode(self, backend, dtype, y, n):
         xp = backend.xp
         labels = xp.reshape(backend.asarray(y, dtype=_index_dtype(xp, backend.device)), (n,))
+        return self.targets(backend, dtype, labels), labels
+
+    def targets(self, backend, dtype, labels):
         # One-hot rows gathered from the identity: one pass that writes the (n, k) result
         # (comparing with arange and casting took two, 3x the time at 1M x 10 on NumPy).
+        xp = backend.xp
         eye = xp.eye(self.n_out, dtype=dtype, device=backend.device)
-        return xp.take(eye, labels, axis=0), labels
+        return xp.take(eye, labels, axis=0)
 
     def predict(self, xp, out):
         return xp.astype(xp.argmax(out, axis=1), _index_dtype(xp, None))

