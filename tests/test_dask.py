@@ -412,15 +412,30 @@ def test_stream_fit_refuses_bad_arguments():
 
 
 # -- data-parallel fit ------------------------------------------------------------------------
+def placed(client, X, owners):
+    """`X` persisted with row block i on worker ``owners[i]`` (the workers in address
+    order), whatever the load: Dask's own placement put all three blocks on one worker on a
+    loaded machine."""
+    workers = sorted(client.scheduler_info()["workers"])
+    blocks = [client.persist(X.blocks[i], workers=[workers[k]]) for i, k in enumerate(owners)]
+    return da.concatenate(blocks, axis=0).persist()
+
+
+# Unequal shards on two workers, and every block on one worker (the other holds none).
+PLACEMENTS = pytest.mark.parametrize("owners", [(0, 1, 0), (0, 0, 0)],
+                                     ids=["two-workers", "one-worker"])
+
+
 @pytest.mark.parametrize("reduction", ["collective", "client"])
 def test_fit_parallel_equals_full_batch_single_process(client, reduction):
     if reduction == "collective":
         pytest.importorskip("torch.distributed")
     X, y = moons()
     Xd, yd = as_dask(X, y)
-    placement = nd.shard_placement(client, Xd.persist())
+    held = placed(client, Xd, (0, 1, 0))
+    placement = nd.shard_placement(client, held)
     model, expected = classifier(), classifier()
-    history = nd.fit_parallel(model, Xd, yd, client=client, epochs=30, lr=0.5,
+    history = nd.fit_parallel(model, held, yd, client=client, epochs=30, lr=0.5,
                               reduction=reduction)
     want = expected.fit(X, y, epochs=30, lr=0.5)
     assert len(placement) == 2  # both workers train, on shards of unequal size
@@ -453,8 +468,10 @@ def documented_shares(client, held, n, batch):
     return ranks, steps, [-(-len(r) // steps) for r in ranks]
 
 
+@PLACEMENTS
 @pytest.mark.parametrize("reduction", ["collective", "client"])
-def test_fit_parallel_minibatches_are_train_steps_on_the_global_batches(client, reduction):
+def test_fit_parallel_minibatches_are_train_steps_on_the_global_batches(client, reduction,
+                                                                        owners):
     """Synchronous minibatch SGD, in block order (shuffle=False): each step is one
     train_step on the union of every worker's share of the step's rows, as documented:
     steps = ceil(n / batch_size) per epoch, worker k takes rows [s b_k, (s + 1) b_k) of its
@@ -463,11 +480,11 @@ def test_fit_parallel_minibatches_are_train_steps_on_the_global_batches(client, 
         pytest.importorskip("torch.distributed")
     X, y = moons()
     Xd, yd = as_dask(X, y)
-    held = Xd.persist()
+    held = placed(client, Xd, owners)
     batch, epochs = 64, 3
     ranks, steps, shares = documented_shares(client, held, len(X), batch)
     model, expected = classifier(), classifier()
-    history = nd.fit_parallel(model, Xd, yd, client=client, epochs=epochs, lr=0.5,
+    history = nd.fit_parallel(model, held, yd, client=client, epochs=epochs, lr=0.5,
                               batch_size=batch, shuffle=False, reduction=reduction)
     expected.set_optimizer("sgd", lr=0.5)
     Xe, Ye = expected.encode(X, y)
@@ -479,7 +496,7 @@ def test_fit_parallel_minibatches_are_train_steps_on_the_global_batches(client, 
             loss, _ = expected.train_step(Xe[rows], Ye[rows])
             total += float(loss) * len(rows)
         want.append(total / len(X))
-    assert len(ranks) == 2 and len({len(r) for r in ranks}) == 2  # unequal shards
+    assert len(ranks) == len(set(owners)) and len({len(r) for r in ranks}) == len(ranks)
     assert max_diff(model, expected) <= 1e-14
     np.testing.assert_allclose(history["loss"], want, rtol=1e-13)
     assert model.epochs_trained == epochs
@@ -512,19 +529,21 @@ def test_fit_parallel_with_weights_is_sequential_fit_with_weights(client, reduct
     assert max_diff(plain, expected) > 1e-3
 
 
+@PLACEMENTS
 @pytest.mark.parametrize("reduction", ["collective", "client"])
-def test_fit_parallel_weighted_minibatches_are_weighted_train_steps(client, reduction):
+def test_fit_parallel_weighted_minibatches_are_weighted_train_steps(client, reduction,
+                                                                    owners):
     """As the unweighted replay above, each step a train_step on the global batch with its
     weights divided by their sum (a batch that weighs 0 divides by 1, as Sequential.fit)."""
     if reduction == "collective":
         pytest.importorskip("torch.distributed")
     X, y = moons()
-    # Zeros among the weights, but no whole global batch of them but the one made below,
-    # wherever the blocks are placed (a placement-dependent count failed on a loaded machine:
-    # the blocks of rows 70-199, all 0 in weights_with_zeros, then span four steps).
+    # Zeros among the weights, but no global batch of only zeros but the one made below,
+    # wherever the blocks are (with weights_with_zeros' block of zeros, rows 70-199, on one
+    # worker with the rest, four steps would weigh nothing).
     w = np.random.default_rng(1).integers(0, 4, size=len(y)).astype(float)
     Xd, yd = as_dask(X, y)
-    held = Xd.persist()
+    held = placed(client, Xd, owners)
     batch, epochs = 40, 3
     ranks, steps, shares = documented_shares(client, held, len(X), batch)
     for r, b in zip(ranks, shares):
