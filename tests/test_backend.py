@@ -286,3 +286,22 @@ def test_a_read_only_array_into_a_torch_model_warns_nothing():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "(20,)" in result.stdout or "torch.Size([20])" in result.stdout
+
+
+# The array library each backend imports, as Python names it.
+LIBRARIES = {"cupy": "cupy", "torch": "torch", "jax": "jax",
+             "array_api_strict": "array_api_strict"}
+
+
+@pytest.mark.parametrize("name", sorted(LIBRARIES))
+def test_a_backend_whose_library_is_missing_says_what_to_install(monkeypatch, name):
+    assert set(LIBRARIES) == set(nnx.backends.BACKENDS) - {"numpy"}  # every optional one
+    monkeypatch.setitem(sys.modules, LIBRARIES[name], None)  # import now raises ImportError
+    monkeypatch.setattr(nnx.backends, "_resolved_cache", {})
+    install = nnx.backends.REGISTRY[name].install
+    with pytest.raises(nnx.BackendError) as caught:
+        nnx.get_backend(name)
+    message = str(caught.value)
+    assert message.startswith(f"backend={name!r} but ")
+    assert " is not installed (" in message
+    assert message.endswith(f"install it with {install}, or choose another backend.")

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from nnx.backends.base import Backend
-from nnx.errors import BackendError, InvalidParameterError
+from nnx.backends.base import Backend, import_library
+from nnx.errors import InvalidParameterError
 
 INSTALL = "pip install array-api-strict"
 # The devices the tests run on: the CPU, the simulated accelerator, the one without float64.
@@ -49,11 +49,7 @@ class StrictBackend(Backend):
 
 
 def build(device: Any, where: str) -> StrictBackend:
-    try:
-        import array_api_strict as xp
-    except ImportError as exc:
-        raise BackendError(f"{where} but array-api-strict is not installed ({exc}); install "
-                           f"it with {INSTALL}.") from None
+    xp = import_library("array_api_strict", "array-api-strict", INSTALL, where)
     if device is None:
         dev = xp.Device("CPU_DEVICE")
     elif isinstance(device, xp.Device):

@@ -19,10 +19,20 @@ from typing import Any, ClassVar
 import array_api_compat
 import numpy as np
 
-from nnx.errors import InvalidParameterError
+from nnx.errors import BackendError, InvalidParameterError
 
 #: The backends whose :meth:`Backend.compiled_trainer` gives a compiled training step.
 COMPILED_STEP_BACKENDS = ("jax",)
+
+
+def import_library(module: str, library: str, install: str, where: str) -> Any:
+    """The backend's array library `module`, or a :class:`BackendError` saying that
+    `library` is not installed and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendError(f"{where} but {library} is not installed ({exc}); install it with "
+                           f"{install}, or choose another backend.") from None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

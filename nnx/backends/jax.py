@@ -19,8 +19,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from nnx.backends.base import Backend
-from nnx.errors import BackendError, InvalidParameterError
+from nnx.backends.base import Backend, import_library
+from nnx.errors import InvalidParameterError
 
 INSTALL = "pip install 'nnx-arrays[jax]' (or jax[cuda13] for a GPU)"
 
@@ -258,12 +258,8 @@ def _engine(spec: Any) -> _Engine:
 
 
 def build(device: Any, where: str) -> JaxBackend:
-    try:
-        import jax
-        import jax.numpy as xp
-    except ImportError as exc:
-        raise BackendError(f"{where} but JAX is not installed ({exc}); install it with "
-                           f"{INSTALL}, or choose another backend.") from None
+    jax = import_library("jax", "JAX", INSTALL, where)
+    import jax.numpy as xp
     if device is None:
         return JaxBackend("jax", xp, jax.devices()[0])
     if isinstance(device, jax.Device):

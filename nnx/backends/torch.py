@@ -8,8 +8,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from nnx.backends.base import Backend
-from nnx.errors import BackendError, InvalidParameterError
+from nnx.backends.base import Backend, import_library
+from nnx.errors import InvalidParameterError
 
 INSTALL = "pip install 'nnx-arrays[torch]'"
 
@@ -82,11 +82,7 @@ class TorchBackend(Backend):
 
 
 def build(device: Any, where: str) -> TorchBackend:
-    try:
-        import torch
-    except ImportError as exc:
-        raise BackendError(f"{where} but torch is not installed ({exc}); install it with "
-                           f"{INSTALL}, or choose another backend.") from None
+    torch = import_library("torch", "torch", INSTALL, where)
     import array_api_compat.torch as xp
 
     try:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from nnx.backends.base import Backend
+from nnx.backends.base import Backend, import_library
 from nnx.errors import BackendError, InvalidParameterError
 
 INSTALL = "pip install 'nnx-arrays[cuda13]' (or [cuda12] for a CUDA 12 driver)"
@@ -90,11 +90,7 @@ class CupyBackend(Backend):
 
 
 def _usable(where: str, hint: str) -> Any:
-    try:
-        import cupy
-    except ImportError as exc:
-        raise BackendError(f"{where} but CuPy is not installed ({exc}); install it with "
-                           f"{INSTALL}, or choose another backend.") from None
+    cupy = import_library("cupy", "CuPy", INSTALL, where)
     try:
         count = cupy.cuda.runtime.getDeviceCount()
         if count < 1:
