@@ -22,9 +22,9 @@ import nnx
 N_IN, HIDDEN, N_OUT, BATCH = 64, 256, 10, 256
 
 
-def network() -> nnx.Sequential:
-    model = nnx.Sequential([nnx.Dense(N_IN, HIDDEN, activation="tanh"),
-                            nnx.Dense(HIDDEN, N_OUT, activation="softmax")],
+def network(hidden: int = HIDDEN) -> nnx.Sequential:
+    model = nnx.Sequential([nnx.Dense(N_IN, hidden, activation="tanh"),
+                            nnx.Dense(hidden, N_OUT, activation="softmax")],
                            seed=0, backend="numpy")
     model.set_optimizer("sgd", lr=0.05)
     return model
@@ -84,15 +84,7 @@ def test_one_blas_thread_against_the_default(benchmark, mode, hidden, batch):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n, N_IN), dtype=np.float32)
     y = (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0)
-
-    def net() -> nnx.Sequential:
-        model = nnx.Sequential([nnx.Dense(N_IN, hidden, activation="tanh"),
-                                nnx.Dense(hidden, N_OUT, activation="softmax")],
-                               seed=0, backend="numpy")
-        model.set_optimizer("sgd", lr=0.05)
-        return model
-
-    model, twin = net(), net()
+    model, twin = network(hidden), network(hidden)
     Xc, Yc = model.encode(X, y)
     slices = [slice(i, i + batch) for i in range(0, n, batch)]
 
