@@ -36,12 +36,20 @@ SUMMARY=()
 } 2>&1 | tee "$OUT/check.log"
 SUMMARY+=("$(grep -E '^\[(ok|FAIL|skip)' "$OUT/check.log")")
 
+# 1: CuPy is usable; 0: no usable CUDA device; anything else: nnx itself does not import
+# (a missing wheel, say), which must not read as "no GPU".
 has_gpu=$($PY -c "
 import nnx
 try:
     nnx.get_backend('cupy'); print(1)
 except Exception:
     print(0)" 2>/dev/null)
+if [ "$has_gpu" != 1 ] && [ "$has_gpu" != 0 ]; then
+    SUMMARY+=("[FAIL] nnx does not import with $PY: $($PY -c 'import nnx' 2>&1 | tail -1)")
+    echo "== summary ($(find "$OUT" -type f | wc -l) files in $OUT) =="
+    printf '%s\n' "${SUMMARY[@]}"
+    exit 2
+fi
 timeout_opt=()
 $PY -c "import pytest_timeout" 2> /dev/null && timeout_opt=(-p timeout --timeout 120)
 
